@@ -1,0 +1,37 @@
+# The workbook's commands. `make run` sets up and runs every notebook headless; `make test` runs the tests.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROFILE ?= auto
+ARGS   ?=
+
+.PHONY: install run test test-fast test-browser lab clean-outputs
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@git rev-parse --git-dir >/dev/null 2>&1 && $(VENV)/bin/nbstripout --install || true
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install          ## execute notebooks 01..06 headless into outputs/executed/
+	$(PY) -m helpers.notebooks --profile $(PROFILE) $(ARGS)
+
+test: install         ## unit tests, notebooks in smoke mode, the browser test
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: install    ## unit tests only
+	$(PY) -m pytest -q -m "not notebook and not browser and not slow" $(ARGS)
+
+test-browser: install
+	$(PY) -m pytest -q -m browser $(ARGS)
+
+lab: install
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+clean-outputs:
+	rm -rf outputs/executed outputs/cache

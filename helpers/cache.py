@@ -1,0 +1,229 @@
+"""The frozen encoders run once: a cache of VAE latents and text embeddings that training reads.
+
+For every training image the cache holds the VAE's latent distribution (mean and std, unscaled) of the image
+and of its horizontal flip (the VAE is not flip-equivariant, so the flipped view is encoded too), and for every
+distinct caption (including "") its text embedding. Files are safetensors under
+``outputs/cache/<data-name>-<hash>/``; the hash covers the data, the model ids (and local weights), the resolution
+and the image settings, so changing any of them builds a new cache and re-running reuses the old one.
+
+Storage is float16 (half the memory; a latent's rounding error is far below the VAE's own noise). A std that
+underflows to 0 in float16 only removes noise of size < 1e-7.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .data import TrainSet
+    from .frozen import FrozenModels
+    from .profiles import Profile
+
+CACHE_FORMAT = 1
+COMPLETE = "complete.json"
+
+
+class _ImageViews(Dataset):
+    """Loads each image (composited, resized) as a [-1, 1] tensor; a module-level class so workers can pickle it."""
+
+    def __init__(self, paths: list[Path], size: int, background: tuple[int, int, int], crop_to_content: bool):
+        self.paths, self.size, self.background, self.crop = paths, size, background, crop_to_content
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from .data import load_image, pil_to_tensor
+
+        return pil_to_tensor(load_image(self.paths[i], self.size, self.background, crop_to_content=self.crop))
+
+
+def _model_fingerprint(model_id: str, subfolder: str | None = None) -> dict:
+    """A hub id stands for itself; a local folder is fingerprinted by its config and weight files."""
+    folder = Path(model_id) / (subfolder or "")
+    if not folder.is_dir():
+        return {"id": model_id, "subfolder": subfolder}
+    files = {}
+    for f in sorted(folder.iterdir()):
+        if f.suffix in (".json", ".safetensors", ".txt", ".bin"):
+            stat = f.stat()
+            files[f.name] = hashlib.sha1(f.read_bytes()).hexdigest() if f.suffix == ".json" else [stat.st_size,
+                                                                                                   stat.st_mtime_ns]
+    return {"id": os.path.basename(os.path.normpath(model_id)), "subfolder": subfolder, "files": files}
+
+
+def cache_key(train_set: TrainSet, *, text_encoder: str, vae: str, vae_subfolder: str | None, resolution: int,
+              background: tuple[int, int, int], crop_to_content: bool = False) -> str:
+    """A short hash of everything the cached tensors depend on."""
+    h = hashlib.sha256()
+    for ex in train_set.examples:
+        stat = ex.path.stat()
+        h.update(f"{ex.path.name}|{stat.st_size}|{stat.st_mtime_ns}|{ex.key}|{json.dumps(ex.captions)}\n".encode())
+    settings = {
+        "format": CACHE_FORMAT, "text_encoder": _model_fingerprint(text_encoder),
+        "vae": _model_fingerprint(vae, vae_subfolder), "resolution": resolution, "background": list(background),
+        "crop_to_content": crop_to_content,
+    }
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class LatentCache:
+    """Cached latents and text embeddings, all in memory; ``batch`` draws a training batch from them."""
+
+    path: Path
+    keys: list[str]  # the monsterID_ACTION key of every image
+    image_names: list[str]
+    captions: list[str]  # distinct captions; captions[empty_index] == ""
+    empty_index: int
+    caption_ids: torch.Tensor  # [N, K] candidate caption ids per image, padded with -1
+    caption_counts: torch.Tensor  # [N]
+    mean: torch.Tensor  # [N, C, h, w] raw (unscaled) latent mean, float16
+    std: torch.Tensor
+    mean_flip: torch.Tensor
+    std_flip: torch.Tensor
+    text_emb: torch.Tensor  # [M, 77, D] float16
+    scaling_factor: float
+    meta: dict
+
+    @property
+    def n_images(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.mean.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.text_emb.shape[-1]
+
+    def caption_embedding(self, caption: str) -> torch.Tensor:
+        """The cached [77, D] embedding of one caption (KeyError if it is not in the cache)."""
+        return self.text_emb[self.captions.index(caption)].float()
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator, *, flip_p: float = 0.5,
+              caption_dropout: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled latents sampled from the cached distributions, and the text embeddings of their captions.
+
+        All randomness comes from ``generator`` in a fixed order (flip, noise, caption choice, dropout), so a
+        batch is reproducible and a resumed run continues exactly.
+        """
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        b = len(indices)
+        flip = torch.rand(b, generator=generator) < flip_p
+        view = flip.view(-1, 1, 1, 1)
+        mean = torch.where(view, self.mean_flip[indices], self.mean[indices]).float()
+        std = torch.where(view, self.std_flip[indices], self.std[indices]).float()
+        noise = torch.randn(mean.shape, generator=generator)
+        latents = (mean + std * noise) * self.scaling_factor
+        counts = self.caption_counts[indices]
+        pick = (torch.rand(b, generator=generator) * counts).long().clamp_max(counts - 1)
+        chosen = self.caption_ids[indices, pick]
+        drop = torch.rand(b, generator=generator) < caption_dropout
+        chosen = torch.where(drop, torch.full_like(chosen, self.empty_index), chosen)
+        return latents, self.text_emb[chosen].float()
+
+    def scaled_latent_std(self) -> float:
+        """Std of the scaled latent means: the scaling factor exists to make this ≈ 1."""
+        return float((self.mean.float() * self.scaling_factor).std())
+
+
+def _encode_views(paths: list[Path], frozen: FrozenModels, resolution: int, background: tuple[int, int, int],
+                  crop_to_content: bool, batch_size: int, num_workers: int) -> dict[str, torch.Tensor]:
+    from .frozen import encode_images
+
+    vae = frozen.vae
+    device, dtype = vae.device, vae.dtype
+    loader = DataLoader(_ImageViews(paths, resolution, background, crop_to_content), batch_size=batch_size,
+                        num_workers=num_workers)
+    out: dict[str, list[torch.Tensor]] = {"mean": [], "std": [], "mean_flip": [], "std_flip": []}
+    with tqdm(total=len(paths), desc="VAE latents (image + flip)", unit="img") as bar:
+        for images in loader:
+            images = images.to(device=device, dtype=dtype)
+            for suffix, view in (("", images), ("_flip", images.flip(-1))):
+                mean, std = encode_images(vae, view)
+                out["mean" + suffix].append(mean.to("cpu", torch.float16))
+                out["std" + suffix].append(std.to("cpu", torch.float16))
+            bar.update(len(images))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, batch_size: int = 32,
+                crop_to_content: bool = False, num_workers: int | None = None, rebuild: bool = False) -> Path:
+    """Encode every image (and its flip) with the VAE and every distinct caption with the text encoder, once.
+
+    Returns the cache folder; when a complete cache with the same key exists it is reused (nothing is encoded).
+    The folder is written under a temporary name and renamed when complete, so an interrupted build never
+    leaves a cache that looks finished.
+    """
+    key = cache_key(train_set, text_encoder=profile.text_encoder, vae=profile.vae,
+                    vae_subfolder=profile.vae_subfolder, resolution=profile.resolution,
+                    background=profile.background, crop_to_content=crop_to_content)
+    folder = profile.cache_dir / f"{train_set.root.name}-{profile.resolution}px-{key}"
+    if (folder / COMPLETE).exists() and not rebuild:
+        print(f"Reusing the cache in {folder}")
+        return folder
+    if num_workers is None:
+        num_workers = 0 if len(train_set.examples) < 2000 else min(4, os.cpu_count() or 1)
+
+    paths = [ex.path for ex in train_set.examples]
+    latents = _encode_views(paths, frozen, profile.resolution, profile.background, crop_to_content,
+                            batch_size, num_workers)
+    captions = train_set.distinct_captions()
+    index = {c: i for i, c in enumerate(captions)}
+    text_emb = frozen.text_encoder.encode(captions, batch_size=64, progress=True).to("cpu", torch.float16)
+    k = max(len(ex.captions) for ex in train_set.examples)
+    caption_ids = torch.full((len(paths), k), -1, dtype=torch.long)
+    for i, ex in enumerate(train_set.examples):
+        caption_ids[i, :len(ex.captions)] = torch.tensor([index[c] for c in ex.captions])
+
+    from .frozen import scaling_factor
+
+    meta = {
+        "format": CACHE_FORMAT, "key": key, "data_root": str(train_set.root), "data_format": train_set.format,
+        "text_encoder": profile.text_encoder, "vae": profile.vae, "vae_subfolder": profile.vae_subfolder,
+        "resolution": profile.resolution, "background": list(profile.background),
+        "crop_to_content": crop_to_content, "scaling_factor": scaling_factor(frozen.vae),
+        "keys": [ex.key for ex in train_set.examples], "image_names": [ex.path.name for ex in train_set.examples],
+        "captions": captions, "empty_index": index[""],
+    }
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(latents, str(tmp / "latents.safetensors"))
+    save_file({"text_emb": text_emb.contiguous(), "caption_ids": caption_ids}, str(tmp / "text.safetensors"))
+    (tmp / "index.json").write_text(json.dumps(meta))
+    (tmp / COMPLETE).write_text(json.dumps({"n_images": len(paths), "n_captions": len(captions)}))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    print(f"Cached {len(paths)} images (+ flips) and {len(captions)} captions in {folder}")
+    return folder
+
+
+def load_cache(path: str | Path) -> LatentCache:
+    """Load a cache folder written by :func:`build_cache` into memory."""
+    path = Path(path)
+    if not (path / COMPLETE).exists():
+        raise FileNotFoundError(f"{path} is not a complete latent cache (no {COMPLETE}); build it with build_cache().")
+    meta = json.loads((path / "index.json").read_text())
+    lat = load_file(str(path / "latents.safetensors"))
+    text = load_file(str(path / "text.safetensors"))
+    ids = text["caption_ids"]
+    return LatentCache(
+        path=path, keys=meta["keys"], image_names=meta["image_names"], captions=meta["captions"],
+        empty_index=meta["empty_index"], caption_ids=ids, caption_counts=(ids >= 0).sum(1),
+        mean=lat["mean"], std=lat["std"], mean_flip=lat["mean_flip"], std_flip=lat["std_flip"],
+        text_emb=text["text_emb"], scaling_factor=float(meta["scaling_factor"]), meta=meta)

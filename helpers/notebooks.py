@@ -1,0 +1,78 @@
+"""Run the workbook's notebooks headless, in order (``make run`` and the tests use this).
+
+    python -m helpers.notebooks                      # all chapters, profile auto, into outputs/executed/
+    python -m helpers.notebooks --smoke --profile demo --data-dir /tmp/d --outputs-dir /tmp/o 01 02
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .paths import REPO_ROOT, outputs_root
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+
+
+def chapter_notebooks(selection: list[str] | None = None) -> list[Path]:
+    """The chapter notebooks in order; ``selection`` keeps those whose name starts with one of its prefixes."""
+    books = sorted(p for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if selection:
+        books = [b for b in books if any(b.name.startswith(s) for s in selection)]
+        if not books:
+            raise SystemExit(f"no notebook in {NOTEBOOKS_DIR} starts with {selection}")
+    return books
+
+
+def execute_notebooks(notebooks: list[Path], out_dir: Path, parameters: dict, *, timeout: int = 1800) -> list[dict]:
+    """Execute each notebook with papermill (parameters injected after the ``parameters`` cell).
+
+    Stops at the first failure and raises, naming the notebook and its executed copy (which shows the cell).
+    Returns one ``{"notebook", "seconds"}`` record per notebook.
+    """
+    import papermill as pm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for nb in notebooks:
+        target = out_dir / nb.name
+        start = time.perf_counter()
+        print(f"--> {nb.name}", flush=True)
+        try:
+            pm.execute_notebook(str(nb), str(target), parameters=parameters, cwd=str(nb.parent),
+                                kernel_name="python3", progress_bar=False, execution_timeout=timeout)
+        except pm.PapermillExecutionError as err:
+            raise RuntimeError(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+                               f"See the executed copy {target}") from err
+        seconds = time.perf_counter() - start
+        records.append({"notebook": nb.name, "seconds": round(seconds, 1)})
+        print(f"    {nb.name} done in {seconds:.1f} s", flush=True)
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("chapters", nargs="*", help="prefixes such as 01 04 (default: all)")
+    ap.add_argument("--profile", default="auto", choices=["auto", "course", "demo"])
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--outputs-dir")
+    ap.add_argument("--run-name", default="main")
+    ap.add_argument("--executed-dir", help="where executed copies go (default outputs/executed)")
+    args = ap.parse_args(argv)
+    params = {"profile": args.profile, "smoke": args.smoke, "data_dir": args.data_dir,
+              "outputs_dir": args.outputs_dir, "run_name": args.run_name}
+    executed = Path(args.executed_dir) if args.executed_dir else Path(args.outputs_dir or outputs_root()) / "executed"
+    start = time.perf_counter()
+    records = execute_notebooks(chapter_notebooks(args.chapters), executed, params)
+    total = time.perf_counter() - start
+    for r in records:
+        print(f"{r['notebook']:<32} {r['seconds']:>7.1f} s")
+    print(f"{'total':<32} {total:>7.1f} s   (executed copies in {executed})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

