@@ -22,31 +22,16 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    from .data import TrainSet
+    from .data import Example, TrainSet
     from .frozen import FrozenModels
     from .profiles import Profile
 
 CACHE_FORMAT = 1
 COMPLETE = "complete.json"
-
-
-class _ImageViews(Dataset):
-    """Loads each image (composited, resized) as a [-1, 1] tensor; a module-level class so workers can pickle it."""
-
-    def __init__(self, paths: list[Path], size: int, background: tuple[int, int, int], crop_to_content: bool):
-        self.paths, self.size, self.background, self.crop = paths, size, background, crop_to_content
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        from .data import load_image, pil_to_tensor
-
-        return pil_to_tensor(load_image(self.paths[i], self.size, self.background, crop_to_content=self.crop))
 
 
 def _model_fingerprint(model_id: str, subfolder: str | None = None) -> dict:
@@ -141,16 +126,17 @@ class LatentCache:
         return float((self.mean.float() * self.scaling_factor).std())
 
 
-def _encode_views(paths: list[Path], frozen: FrozenModels, resolution: int, background: tuple[int, int, int],
+def _encode_views(examples: list[Example], frozen: FrozenModels, resolution: int, background: tuple[int, int, int],
                   crop_to_content: bool, batch_size: int, num_workers: int) -> dict[str, torch.Tensor]:
+    from .data import ImageDataset
     from .frozen import encode_images
 
     vae = frozen.vae
     device, dtype = vae.device, vae.dtype
-    loader = DataLoader(_ImageViews(paths, resolution, background, crop_to_content), batch_size=batch_size,
+    loader = DataLoader(ImageDataset(examples, resolution, background, crop_to_content), batch_size=batch_size,
                         num_workers=num_workers)
     out: dict[str, list[torch.Tensor]] = {"mean": [], "std": [], "mean_flip": [], "std_flip": []}
-    with tqdm(total=len(paths), desc="VAE latents (image + flip)", unit="img") as bar:
+    with tqdm(total=len(examples), desc="VAE latents (image + flip)", unit="img") as bar:
         for images in loader:
             images = images.to(device=device, dtype=dtype)
             for suffix, view in (("", images), ("_flip", images.flip(-1))):
@@ -158,7 +144,7 @@ def _encode_views(paths: list[Path], frozen: FrozenModels, resolution: int, back
                 out["mean" + suffix].append(mean.to("cpu", torch.float16))
                 out["std" + suffix].append(std.to("cpu", torch.float16))
             bar.update(len(images))
-    return {k: torch.cat(v) for k, v in out.items()}
+    return {k: torch.cat(v).contiguous() for k, v in out.items()}
 
 
 def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, batch_size: int = 32,
@@ -180,7 +166,7 @@ def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, 
         num_workers = 0 if len(train_set.examples) < 2000 else min(4, os.cpu_count() or 1)
 
     paths = [ex.path for ex in train_set.examples]
-    latents = _encode_views(paths, frozen, profile.resolution, profile.background, crop_to_content,
+    latents = _encode_views(train_set.examples, frozen, profile.resolution, profile.background, crop_to_content,
                             batch_size, num_workers)
     captions = train_set.distinct_captions()
     index = {c: i for i, c in enumerate(captions)}

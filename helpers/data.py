@@ -1,0 +1,696 @@
+"""The data layer: readers for the course format and Hugging Face ``imagefolder``, image loading, checks.
+
+Formats (detected by :func:`load_train_set` / :func:`check_dataset`):
+
+- **course**: ``root/train/<monsterID>_<ACTION>_<frame>.png`` and ``root/train_info.json``
+  ``{"<monsterID>_<ACTION>": {"given_description": [..], "action_description": ".."}}``. The key of an image is its
+  file stem without the last ``_<frame>`` (``stem.rsplit("_", 1)[0]``; monster IDs may contain underscores). Its
+  captions are ``make_caption(g, action)`` for every given description ``g`` (training picks one at random).
+- **imagefolder**: ``root/metadata.jsonl`` (or ``root/train/metadata.jsonl``), one JSON object a line,
+  ``{"file_name": "<path relative to the metadata file>", "text": ".." | [..]}``. The key is ``file_name`` without
+  its extension (the file stem for a flat folder).
+
+Policies (nothing disappears silently):
+
+- **Unusable files are skipped with a report**: 0-byte, not an image, truncated/corrupt, over :data:`MAX_PIXELS`,
+  an image whose key has no caption, a ``file_name`` missing on disk. :func:`load_train_set` warns with a summary that
+  names every skipped file (up to 20 per kind, then a count; ``report.table()`` has them all).
+- **Unusual images are loaded correctly and listed as notes**: palette (P), grey+alpha (LA), 16-bit, CMYK, other
+  modes, non-square images. Caption keys without any image are *warnings* (nothing lost, but suspicious).
+- **Structural errors raise** :class:`DataError` (a ``ValueError``) naming the file (and line/column or key) and the
+  fix: malformed or wrongly structured ``train_info.json``/``metadata.jsonl``/``test.json``, a missing folder, an
+  empty data set.
+
+Speed: checking reads headers (``Image.open`` is lazy) and, for PNG, ``verify()`` (walks the chunks and checks their
+CRCs — catches truncated and corrupt files without decompressing the pixels); other formats are fully decoded.
+About 0.3 ms per 256 px sprite (one core), i.e. ~15 s for the course's 43k images; a progress bar shows above 2,000.
+
+Image loading (:func:`load_image`, used for training *and* scoring): any mode → RGB with alpha composited on the
+background → optional crop to content → pad to square (never distort) → resize (see :func:`resize_square`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+WHITE = (255, 255, 255)
+MAX_PIXELS = 4096 * 4096  # larger images are skipped (a sprite data set has no business holding them)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+SKIP, WARNING, NOTE = "skip", "warning", "note"
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_MODE_NOTES = {
+    "P": "palette image (P), converted through RGBA",
+    "PA": "palette image with alpha (PA), converted through RGBA",
+    "LA": "grey + alpha image (LA), alpha composited on the background",
+    "L": "greyscale image (L), converted to RGB",
+    "1": "1-bit image, converted to RGB",
+    "CMYK": "CMYK image, converted to RGB",
+    "I;16": "16-bit image, scaled to 8 bits (value / 257)",
+}
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the offending file (and line/key) and says what to do."""
+
+
+class _BadImage(DataError):
+    """An image file that cannot be used; ``kind`` is the report's problem kind."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+# --------------------------------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class Example:
+    """One training image and the captions it may be trained with."""
+
+    path: Path
+    key: str
+    captions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something found while checking a data set. ``severity``: "skip" (file not used), "warning", "note"."""
+
+    path: Path
+    kind: str
+    message: str
+    severity: str = SKIP
+
+
+@dataclass
+class DataReport:
+    """What :func:`check_dataset` found. ``ok`` is True when nothing was skipped and nothing is suspicious."""
+
+    root: Path
+    format: str
+    n_image_files: int = 0  # image files found (before skipping)
+    n_examples: int = 0  # usable images
+    n_caption_keys: int = 0  # caption entries (course: train_info keys; imagefolder: metadata lines)
+    problems: list[Problem] = field(default_factory=list)
+    image_stats: Counter = field(default_factory=Counter)  # (width, height, mode) -> count, readable images only
+    checked_images: bool = True  # False: load_train_set(check=False) did not open the images
+
+    @property
+    def ok(self) -> bool:
+        return all(p.severity == NOTE for p in self.problems)
+
+    @property
+    def skipped(self) -> list[Path]:
+        return [p.path for p in self.problems if p.severity == SKIP]
+
+    def of_kind(self, kind: str) -> list[Problem]:
+        return [p for p in self.problems if p.kind == kind]
+
+    def _name(self, path: Path) -> str:
+        try:
+            return str(Path(path).relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def table(self, severity: str | None = None) -> list[dict]:
+        """Every problem as a dict (file, kind, severity, message): ready for pandas or a notebook table."""
+        return [{"file": self._name(p.path), "kind": p.kind, "severity": p.severity, "message": p.message}
+                for p in self.problems if severity is None or p.severity == severity]
+
+    def summary(self, max_files: int = 20) -> str:
+        """A few lines: counts, then every skipped file (``max_files`` per kind), warnings and notes."""
+        lines = [f"{self.format} data set in {self.root}: {self.n_image_files} image files, "
+                 f"{self.n_examples} usable, {self.n_caption_keys} caption entries"
+                 + ("" if self.checked_images else " (images not opened: check=False)")]
+        titles = {SKIP: "SKIPPED", WARNING: "WARNING", NOTE: "note"}
+        for severity in (SKIP, WARNING, NOTE):
+            by_kind: dict[str, list[Problem]] = {}
+            for p in self.problems:
+                if p.severity == severity:
+                    by_kind.setdefault(p.kind, []).append(p)
+            for kind, probs in by_kind.items():
+                lines.append(f"  {titles[severity]} {kind} ({len(probs)}):")
+                shown = probs if severity != NOTE else probs[: max(1, max_files // 4)]
+                for p in shown[:max_files]:
+                    lines.append(f"    {p.message}")
+                if len(probs) > min(len(shown), max_files):
+                    lines.append(f"    ... and {len(probs) - min(len(shown), max_files)} more (see report.table())")
+        if self.ok:
+            lines.append("  no files skipped, no warnings")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+@dataclass
+class TrainSet:
+    """The usable examples of a data set, and the report of how they were read."""
+
+    root: Path
+    format: str  # "course" or "imagefolder"
+    examples: list[Example]
+    report: DataReport
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def keys(self) -> list[str]:
+        """The distinct keys (course: ``<monsterID>_<ACTION>``), sorted."""
+        return sorted({e.key for e in self.examples})
+
+    def distinct_captions(self) -> list[str]:
+        """Every caption once, sorted; always includes "" (the unconditional caption)."""
+        return sorted({c for e in self.examples for c in e.captions} | {""})
+
+    def by_key(self) -> dict[str, list[Example]]:
+        groups: dict[str, list[Example]] = {}
+        for e in self.examples:
+            groups.setdefault(e.key, []).append(e)
+        return groups
+
+    def without_keys(self, keys: Iterable[str], *, strict: bool = False) -> TrainSet:
+        """A copy without the examples of ``keys`` (held-out splits). ``strict``: unknown keys raise KeyError."""
+        drop = set(keys)
+        if strict:
+            unknown = sorted(drop - set(self.keys()))
+            if unknown:
+                raise KeyError(f"keys not in the data set {self.root}: {unknown[:10]}"
+                               + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
+        return replace(self, examples=[e for e in self.examples if e.key not in drop])
+
+
+@dataclass(frozen=True)
+class TestPrompt:
+    """One entry of ``test.json``: the image ``image_name`` is to be generated from ``text_prompt``."""
+
+    __test__ = False  # not a pytest test class
+
+    key: str
+    text_prompt: str
+    image_name: str
+
+
+# --------------------------------------------------------------------------------------------------- captions
+def make_caption(given: str, action: str) -> str:
+    """The one place that joins a given description and an action description: ``"{given} {action}"``, stripped."""
+    return f"{str(given).strip()} {str(action).strip()}".strip()
+
+
+# --------------------------------------------------------------------------------------------------- JSON
+def _read_text(path: Path, what: str) -> str:
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found. Put it there (see data/README.md) or pass the right folder.")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err}). Save it as UTF-8 JSON.") from err
+
+
+def _load_json(path: Path, what: str) -> Any:
+    text = _read_text(path, what)
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty. It must hold a JSON object; restore it from the course data.")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}. "
+                        "Fix that spot (often a missing comma, quote or bracket) or restore the file.") from err
+
+
+def read_train_info(path: str | Path) -> dict[str, tuple[str, ...]]:
+    """``train_info.json`` as ``{key: captions}``; raises DataError on any structural problem."""
+    path = Path(path)
+    info = _load_json(path, "train_info.json")
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: expected a JSON object {{\"<monsterID>_<ACTION>\": {{...}}}}, "
+                        f"got a {type(info).__name__}. Restore the course's train_info.json.")
+    if not info:
+        raise DataError(f"{path}: the object is empty (no caption entries). Restore the course's train_info.json.")
+    out: dict[str, tuple[str, ...]] = {}
+    fix = ('each entry must look like {"given_description": ["..", ..], "action_description": ".."}; '
+           "fix or remove that entry")
+    for key, entry in info.items():
+        if not isinstance(entry, dict):
+            raise DataError(f"{path}: key {key!r}: expected an object, got {type(entry).__name__}; {fix}.")
+        given = entry.get("given_description")
+        action = entry.get("action_description")
+        if given is None:
+            raise DataError(f"{path}: key {key!r}: 'given_description' is missing; {fix}.")
+        if not isinstance(given, list):
+            raise DataError(f"{path}: key {key!r}: 'given_description' must be a list of strings, "
+                            f"got {type(given).__name__}; {fix}.")
+        if not given:
+            raise DataError(f"{path}: key {key!r}: 'given_description' is an empty list; {fix}.")
+        bad = [g for g in given if not isinstance(g, str)]
+        if bad:
+            raise DataError(f"{path}: key {key!r}: 'given_description' holds a non-string {bad[0]!r}; {fix}.")
+        if action is None:
+            raise DataError(f"{path}: key {key!r}: 'action_description' is missing; {fix}.")
+        if not isinstance(action, str):
+            raise DataError(f"{path}: key {key!r}: 'action_description' must be a string, "
+                            f"got {type(action).__name__}; {fix}.")
+        out[str(key)] = tuple(dict.fromkeys(make_caption(g, action) for g in given))  # unique, in order
+    return out
+
+
+def read_metadata_jsonl(path: str | Path) -> list[tuple[int, str, tuple[str, ...]]]:
+    """``metadata.jsonl`` as ``[(line_number, file_name, captions)]``; raises DataError naming file and line."""
+    path = Path(path)
+    text = _read_text(path, "metadata.jsonl")
+    rows = []
+    fix = 'each line must be a JSON object like {"file_name": "0001.png", "text": "a caption"}'
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line {n}, column {err.colno}: malformed JSON ({err.msg}); {fix}.") from err
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}, line {n}: expected an object, got {type(obj).__name__}; {fix}.")
+        name = obj.get("file_name")
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{path}, line {n}: 'file_name' is missing or not a string; {fix}.")
+        text_field = obj.get("text")
+        if isinstance(text_field, str):
+            caps = (text_field.strip(),)
+        elif isinstance(text_field, list) and text_field and all(isinstance(t, str) for t in text_field):
+            caps = tuple(dict.fromkeys(t.strip() for t in text_field))
+        else:
+            raise DataError(f"{path}, line {n} ({name}): 'text' is missing or not a string / non-empty list of "
+                            f"strings; {fix}.")
+        rows.append((n, name.strip(), caps))
+    if not rows:
+        raise DataError(f"{path}: no entries (the file is empty). Add one JSON line per image; {fix}.")
+    return rows
+
+
+def read_test_prompts(path: str | Path) -> list[TestPrompt]:
+    """``test.json`` ``{key: {"text_prompt": .., "image_name": "<name>.png"}}`` as a list, in file order.
+
+    Raises DataError (naming the file, the key and the fix) on malformed JSON, an empty file or object, a missing or
+    non-string field, an image_name that is not a plain ``.png`` file name, or an image_name used twice.
+    """
+    path = Path(path)
+    data = _load_json(path, "test.json")
+    fix = 'each entry must look like "<key>": {"text_prompt": "..", "image_name": "<name>.png"}'
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object of prompts, got a {type(data).__name__}; {fix}.")
+    if not data:
+        raise DataError(f"{path}: holds no prompts (empty object); restore the course's test.json.")
+    prompts: list[TestPrompt] = []
+    seen: dict[str, str] = {}
+    for key, entry in data.items():
+        if not isinstance(entry, dict):
+            raise DataError(f"{path}: key {key!r}: expected an object, got {type(entry).__name__}; {fix}.")
+        for name in ("text_prompt", "image_name"):
+            if name not in entry:
+                raise DataError(f"{path}: key {key!r}: '{name}' is missing; {fix}.")
+            if not isinstance(entry[name], str):
+                raise DataError(f"{path}: key {key!r}: '{name}' must be a string, "
+                                f"got {type(entry[name]).__name__}; {fix}.")
+        image_name = entry["image_name"].strip()
+        if not image_name.lower().endswith(".png") or image_name.lower() == ".png":
+            raise DataError(f"{path}: key {key!r}: image_name {image_name!r} must be a file name ending in .png "
+                            "(the submission is PNG); fix that entry.")
+        if "/" in image_name or "\\" in image_name or image_name.startswith("."):
+            raise DataError(f"{path}: key {key!r}: image_name {image_name!r} must be a plain file name "
+                            "(no folders, not hidden); fix that entry.")
+        if image_name in seen:
+            raise DataError(f"{path}: image_name {image_name!r} is used by both key {seen[image_name]!r} and key "
+                            f"{key!r}; each prompt needs its own file name. Fix one of them.")
+        seen[image_name] = str(key)
+        prompts.append(TestPrompt(key=str(key), text_prompt=entry["text_prompt"], image_name=image_name))
+    return prompts
+
+
+# --------------------------------------------------------------------------------------------------- images
+def _open(path: Path) -> Image.Image:
+    """Open an image lazily; DataError naming the file when it is empty, not an image or too large."""
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise _BadImage(f"{path}: cannot access the file ({err}). Check that it exists and is readable.",
+                        "unreadable") from err
+    if size == 0:
+        raise _BadImage(f"{path}: the file is empty (0 bytes). Delete it or copy it again.", "empty_file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise _BadImage(f"{path}: image too large ({err}). Delete it or shrink it below "
+                        f"{MAX_PIXELS} pixels.", "too_large") from err
+    except Exception as err:  # UnidentifiedImageError, OSError, SyntaxError...
+        raise _BadImage(f"{path}: not a readable image ({type(err).__name__}: {err}). "
+                        "Delete it or replace it with a valid PNG.", "unreadable") from err
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        im.close()
+        raise _BadImage(f"{path}: image too large ({w}x{h} > {MAX_PIXELS} pixels). "
+                        "Delete it or shrink it; sprites are a few hundred pixels wide.", "too_large")
+    return im
+
+
+def _to_8bit_grey(im: Image.Image) -> Image.Image:
+    """16-bit (I;16*) or 32-bit integer (I) greyscale → 8-bit L by scaling 0..65535 → 0..255 (not clipping)."""
+    arr = np.asarray(im).astype(np.float64)
+    return Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(im: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Any PIL image → RGB: alpha (RGBA, LA, PA, P or L/RGB with a transparency key) composited on ``background``;
+    16-bit greyscale scaled to 8 bits; float (F) read as 0..255; CMYK and others through PIL's conversion."""
+    mode = im.mode
+    if mode in _SIXTEEN_BIT:
+        im = _to_8bit_grey(im)
+        mode = "L"
+    elif mode == "F":
+        im = Image.fromarray(np.clip(np.round(np.asarray(im)), 0, 255).astype(np.uint8), mode="L")
+        mode = "L"
+    if mode in _ALPHA_MODES or mode == "P" or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    return im if mode == "RGB" else im.convert("RGB")
+
+
+def content_bbox(img: Image.Image, background: tuple[int, int, int] = WHITE,
+                 tolerance: int = 8) -> tuple[int, int, int, int] | None:
+    """Bounding box (left, top, right, bottom) of the RGB pixels that differ from ``background`` by more than
+    ``tolerance`` in some channel; None when the image is all background."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.int16)
+    diff = np.abs(arr - np.asarray(background, dtype=np.int16)).max(axis=2) > tolerance
+    rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def pad_to_square(img: Image.Image, background: tuple[int, int, int] = WHITE, margin: int = 0) -> Image.Image:
+    """Centre ``img`` on a square canvas of ``background`` (side = longest side + 2 * margin); never distorts."""
+    w, h = img.size
+    side = max(w, h) + 2 * margin
+    if side == w == h:
+        return img
+    canvas = Image.new("RGB", (side, side), background)
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def crop_content(img: Image.Image, background: tuple[int, int, int] = WHITE, margin: float = 0.04,
+                 tolerance: int = 8) -> Image.Image:
+    """Crop an RGB image to its non-background bounding box and pad it to a square with ``margin`` (a fraction of
+    the box's longest side, at least 1 px) of background around it. All-background images come back padded only."""
+    box = content_bbox(img, background, tolerance)
+    if box is None:
+        return pad_to_square(img, background)
+    cropped = img.crop(box)
+    pad = max(1, round(margin * max(cropped.size))) if margin > 0 else 0
+    return pad_to_square(cropped, background, pad)
+
+
+_RESAMPLE = {"nearest": Image.NEAREST, "box": Image.BOX, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+             "lanczos": Image.LANCZOS}
+
+
+def resize_square(img: Image.Image, size: int, resample: str = "auto") -> Image.Image:
+    """Resize a square image to ``size`` x ``size``.
+
+    ``"auto"`` (default): unchanged when already that size; NEAREST for an integer upscale (64 → 256 keeps pixel
+    art crisp and exact); LANCZOS with ``reducing_gap=3`` for a downscale (anti-aliased, like the course's
+    resizing; the reducing gap makes very large images fast at no visible cost); BICUBIC for a non-integer
+    upscale. Or name one: "nearest", "box", "bilinear", "bicubic", "lanczos".
+    """
+    if img.width != img.height:
+        img = pad_to_square(img)
+    side = img.width
+    if side == size and resample in ("auto", "nearest"):
+        return img
+    if resample == "auto":
+        if size > side:
+            method = Image.NEAREST if size % side == 0 else Image.BICUBIC
+        else:
+            return img.resize((size, size), Image.LANCZOS, reducing_gap=3.0)
+    else:
+        if resample not in _RESAMPLE:
+            raise ValueError(f"resample must be 'auto' or one of {sorted(_RESAMPLE)}, not {resample!r}")
+        method = _RESAMPLE[resample]
+    return img.resize((size, size), method)
+
+
+def load_image(path: str | Path, size: int | None, background: tuple[int, int, int] = WHITE,
+               crop_to_content: bool = False, *, resample: str = "auto", margin: float = 0.04) -> Image.Image:
+    """Read one image as RGB ``size`` x ``size`` (used for training and scoring alike).
+
+    Steps: decode any mode (:func:`to_rgb`: alpha composited on ``background``, 16-bit scaled, palette through
+    RGBA, CMYK converted) → optional crop to the non-background bounding box with a ``margin`` → pad to a square
+    with ``background`` (never distort) → :func:`resize_square` (``size=None``: no resize). Raises DataError naming
+    the file when it cannot be read (empty, not an image, truncated, over :data:`MAX_PIXELS`).
+    """
+    path = Path(path)
+    im = _open(path)
+    try:
+        with im:
+            im.load()
+            rgb = to_rgb(im, background)
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"{path}: the image cannot be decoded ({type(err).__name__}: {err}); it is probably "
+                        "truncated or corrupt. Delete it or copy it again.") from err
+    if crop_to_content:
+        rgb = crop_content(rgb, background, margin)
+    else:
+        rgb = pad_to_square(rgb, background)
+    return rgb if size is None else resize_square(rgb, size, resample)
+
+
+def pil_to_tensor(img: Image.Image):
+    """RGB PIL image → float32 tensor [3,H,W] in [-1, 1]."""
+    import torch
+
+    arr = np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.float32)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).div_(127.5).sub_(1.0)
+
+
+def tensor_to_pil(t) -> Image.Image:
+    """Tensor [3,H,W] (or [1,3,H,W]) in [-1, 1] → RGB PIL image (values outside the range are clamped)."""
+    t = t.detach().float().cpu()
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 3 or t.shape[0] != 3:
+        raise ValueError(f"tensor_to_pil expects [3,H,W] in [-1,1], got shape {tuple(t.shape)}")
+    arr = ((t.clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy().astype(np.uint8)
+    return Image.fromarray(arr, mode="RGB")
+
+
+class ImageDataset:
+    """A picklable map-style dataset (works with DataLoader workers): item ``i`` is the tensor [3,size,size] in
+    [-1, 1] of ``examples[i]``, loaded with :func:`load_image`."""
+
+    def __init__(self, examples: Sequence[Example] | TrainSet, size: int, background: tuple[int, int, int] = WHITE,
+                 crop_to_content: bool = False):
+        self.paths = [e.path for e in (examples.examples if isinstance(examples, TrainSet) else examples)]
+        self.size, self.background, self.crop = size, tuple(background), crop_to_content
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return pil_to_tensor(load_image(self.paths[i], self.size, self.background, self.crop))
+
+
+# --------------------------------------------------------------------------------------------------- checking
+def _check_image(path: Path) -> tuple[tuple[int, int, str] | None, list[Problem]]:
+    """Header read + verify (PNG) or full decode (other formats). Returns ((w, h, mode) or None, problems)."""
+    try:
+        im = _open(path)
+    except _BadImage as err:
+        return None, [Problem(path, err.kind, str(err))]
+    try:
+        with im:
+            w, h, mode = im.width, im.height, im.mode
+            if im.format == "PNG":
+                im.verify()
+            else:
+                im.load()
+    except Exception as err:
+        return None, [Problem(path, "truncated", f"{path}: truncated or corrupt image ({type(err).__name__}: "
+                                                 f"{err}). Delete it or copy it again.")]
+    notes = []
+    mode_key = "I;16" if mode in _SIXTEEN_BIT else mode
+    if mode_key not in ("RGB", "RGBA"):
+        note = _MODE_NOTES.get(mode_key, f"{mode} image, converted to RGB")
+        notes.append(Problem(path, "mode", f"{path}: {note}", NOTE))
+    if w != h:
+        notes.append(Problem(path, "non_square", f"{path}: {w}x{h} is not square; padded with the background",
+                             NOTE))
+    return (w, h, mode), notes
+
+
+def _image_files(folder: Path, report: DataReport, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (sorted; ``recursive``: also in its sub-folders, as imagefolder does); other
+    files (and, when not recursive, sub-folders) are listed in the report as notes."""
+    files = []
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        p = Path(entry.path)
+        if entry.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(p)
+        elif entry.is_dir() and recursive:
+            files.extend(_image_files(p, report, recursive=True))
+        elif p.name != "metadata.jsonl":
+            what = "folder" if entry.is_dir() else "file that is not an image (by extension)"
+            report.problems.append(Problem(p, "ignored", f"{p}: {what}, ignored", NOTE))
+    return files
+
+
+def detect_format(root: str | Path) -> tuple[str, Path]:
+    """("course", root) or ("imagefolder", folder of metadata.jsonl); DataError naming the folder otherwise."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder. Put the data there (see data/README.md) or pass the right path.")
+    if (root / "train_info.json").is_file():
+        if not (root / "train").is_dir():
+            raise DataError(f"{root}: has train_info.json but no train/ folder of images. Put the course images in "
+                            f"{root / 'train'}.")
+        return "course", root
+    for folder in (root, root / "train"):
+        if (folder / "metadata.jsonl").is_file():
+            return "imagefolder", folder
+    raise DataError(f"{root}: not a data set. Expected the course format (train_info.json + train/) or a Hugging "
+                    "Face imagefolder (metadata.jsonl with file_name and text, in the folder or in train/).")
+
+
+def _scan(root: str | Path, check: bool, progress: bool) -> tuple[str, list[Example], DataReport]:
+    fmt, folder = detect_format(root)
+    root = Path(root)
+    report = DataReport(root=root, format=fmt, checked_images=check)
+    candidates: list[tuple[Path, str, tuple[str, ...]]] = []  # (path, key, captions) before image checks
+    if fmt == "course":
+        info = read_train_info(root / "train_info.json")
+        report.n_caption_keys = len(info)
+        files = _image_files(root / "train", report)
+        report.n_image_files = len(files)
+        used_keys = set()
+        for p in files:
+            key = p.stem.rsplit("_", 1)[0]
+            if key not in info:
+                report.problems.append(Problem(
+                    p, "no_caption", f"{p}: key {key!r} has no entry in {root / 'train_info.json'} (images are named "
+                    "<monsterID>_<ACTION>_<frame>.png); add the entry or remove the image"))
+                continue
+            used_keys.add(key)
+            candidates.append((p, key, info[key]))
+        for key in info:
+            if key not in used_keys:
+                report.problems.append(Problem(
+                    root / "train_info.json", "no_images",
+                    f"{root / 'train_info.json'}: key {key!r} has no image in {root / 'train'} "
+                    f"(expected {key}_<frame>.png); its captions are unused", WARNING))
+    else:
+        meta = folder / "metadata.jsonl"
+        rows = read_metadata_jsonl(meta)
+        report.n_caption_keys = len(rows)
+        by_name: dict[str, tuple[Path, list[str]]] = {}
+        for n, name, caps in rows:
+            p = folder / name
+            if name in by_name:
+                by_name[name][1].extend(caps)
+                report.problems.append(Problem(p, "duplicate", f"{meta}, line {n}: {name} is listed again; its "
+                                                               "captions are merged", NOTE))
+                continue
+            if not p.is_file():
+                report.problems.append(Problem(p, "missing_file", f"{meta}, line {n}: file_name {name!r} does not "
+                                                                  f"exist ({p}); add the image or remove the line"))
+                continue
+            by_name[name] = (p, list(caps))
+        listed = {p.resolve() for p, _ in by_name.values()}
+        files = _image_files(folder, report, recursive=True)
+        for p in files:
+            if p.resolve() not in listed:
+                report.problems.append(Problem(p, "no_caption", f"{p}: not listed in {meta}; add a line "
+                                                                f'{{"file_name": "{p.name}", "text": ".."}} or remove it'))
+        report.n_image_files = len(set(files) | {p for p, _ in by_name.values()})
+        for name, (p, caps) in sorted(by_name.items()):
+            key = Path(name).with_suffix("").as_posix()
+            candidates.append((p, key, tuple(dict.fromkeys(caps))))
+
+    examples: list[Example] = []
+    iterator: Iterable = candidates
+    if check and progress and len(candidates) > 2000:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(candidates, desc=f"checking {len(candidates)} images", unit="img")
+    for p, key, caps in iterator:
+        if check:
+            stats, problems = _check_image(p)
+            report.problems.extend(problems)
+            if stats is None:
+                continue
+            report.image_stats[stats] += 1
+        examples.append(Example(path=p, key=key, captions=caps))
+    report.n_examples = len(examples)
+    return fmt, examples, report
+
+
+def check_dataset(root: str | Path, *, progress: bool = True) -> DataReport:
+    """Check a data set (either format) without loading it: every image's header (and PNG chunk CRCs), every
+    caption entry. Structural errors raise DataError; everything else is in the report."""
+    return _scan(root, check=True, progress=progress)[2]
+
+
+def load_train_set(root: str | Path, *, check: bool = True, verbose: bool = True, progress: bool = True) -> TrainSet:
+    """Read a data set (course format or imagefolder, detected) into a :class:`TrainSet`.
+
+    ``check=True`` opens every image (see :func:`check_dataset`) and skips unusable ones; ``check=False`` only reads
+    the captions and lists the files (fast; a bad image then raises DataError when it is loaded). Skipped files and
+    warnings are reported with ``warnings.warn`` (the summary names each file); ``verbose`` also prints a one-line
+    count. Raises DataError when no usable example is left.
+    """
+    fmt, examples, report = _scan(root, check=check, progress=progress)
+    root = Path(root)
+    if not examples:
+        raise DataError(f"{root}: the data set is empty: {report.n_image_files} image files, none usable.\n"
+                        f"{report.summary()}\nAdd images (and their captions) or fix the problems above.")
+    if not report.ok:
+        warnings.warn(report.summary(), stacklevel=2)
+    if verbose:
+        n_skip = len(report.skipped)
+        print(f"Loaded {len(examples)} images with {len({e.key for e in examples})} keys from {root} ({fmt} format)"
+              + (f"; skipped {n_skip} files (see the warning / trainset.report)" if n_skip else ""))
+    return TrainSet(root=root, format=fmt, examples=examples, report=report)
+
+
+def image_table(items: TrainSet | DataReport | Iterable[str | Path]) -> list[dict]:
+    """Counts of (width, height, mode) as rows ``{"width", "height", "mode", "count"}``, most frequent first.
+
+    A checked TrainSet/DataReport uses the headers already read; a list of paths (or an unchecked TrainSet) reads
+    their headers now (unreadable files are counted under mode "unreadable").
+    """
+    stats: Counter = Counter()
+    if isinstance(items, DataReport) or (isinstance(items, TrainSet) and items.report.checked_images):
+        stats = (items if isinstance(items, DataReport) else items.report).image_stats
+    else:
+        paths = [e.path for e in items.examples] if isinstance(items, TrainSet) else [Path(p) for p in items]
+        for p in paths:
+            try:
+                with _open(p) as im:
+                    stats[(im.width, im.height, im.mode)] += 1
+            except DataError:
+                stats[(0, 0, "unreadable")] += 1
+    return [{"width": w, "height": h, "mode": m, "count": c}
+            for (w, h, m), c in sorted(stats.items(), key=lambda kv: (-kv[1], kv[0]))]

@@ -1,0 +1,119 @@
+"""The latent/text cache: built once from real (tiny) encoders, reused, and sampled reproducibly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file as real_save_file
+
+import helpers.cache as cache_mod
+from helpers.cache import build_cache, load_cache
+from helpers.data import load_image, load_train_set, pil_to_tensor
+from helpers.demo_data import ensure_demo_dataset
+from helpers.frozen import FrozenModels, encode_images, load_text_encoder, load_vae
+from helpers.profiles import Profile
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_clip_text_dir, tiny_vae_dir):
+    root = tmp_path_factory.mktemp("cache")
+    data = ensure_demo_dataset(root / "data", smoke=True)
+    profile = Profile(name="demo", smoke=True, reason="test", data_dir=data, outputs_dir=root / "outputs",
+                      resolution=32, text_encoder=str(tiny_clip_text_dir), vae=str(tiny_vae_dir),
+                      vae_subfolder=None, unet_preset="tiny", device="cpu")
+    frozen = FrozenModels(text_encoder=load_text_encoder(profile.text_encoder), vae=load_vae(profile.vae),
+                          profile=profile)
+    train_set = load_train_set(data, verbose=False)
+    folder = build_cache(train_set, frozen, profile, batch_size=16)
+    return profile, frozen, train_set, folder
+
+
+def test_cache_holds_every_image_view_and_caption(setup):
+    profile, frozen, train_set, folder = setup
+    cache = load_cache(folder)
+    assert cache.n_images == len(train_set.examples)
+    assert cache.latent_shape == (4, 16, 16)  # tiny VAE downsamples by 2
+    assert cache.captions == train_set.distinct_captions() and cache.captions[cache.empty_index] == ""
+    assert cache.scaling_factor == pytest.approx(frozen.vae.config.scaling_factor)
+    # the cached distribution is the VAE's, for the image and for its mirror image
+    i = 5
+    image = pil_to_tensor(load_image(train_set.examples[i].path, 32))[None]
+    mean, std = encode_images(frozen.vae, image)
+    mean_flip, _ = encode_images(frozen.vae, image.flip(-1))
+    torch.testing.assert_close(cache.mean[i].float(), mean[0], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(cache.std[i].float(), std[0], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(cache.mean_flip[i].float(), mean_flip[0], atol=2e-3, rtol=2e-3)
+    assert not torch.allclose(cache.mean[i], cache.mean_flip[i])
+    # each image's candidate captions are exactly its example's captions
+    for j, ex in enumerate(train_set.examples):
+        ids = cache.caption_ids[j, : int(cache.caption_counts[j])].tolist()
+        assert [cache.captions[k] for k in ids] == list(ex.captions)
+    emb = frozen.text_encoder.encode([train_set.examples[0].captions[0]])[0]
+    torch.testing.assert_close(cache.caption_embedding(train_set.examples[0].captions[0]), emb, atol=2e-3, rtol=2e-3)
+
+
+def test_second_build_reuses_the_cache_without_encoding(setup, monkeypatch):
+    profile, frozen, train_set, folder = setup
+
+    def must_not_encode(*args, **kwargs):
+        raise AssertionError("the cache should have been reused")
+
+    monkeypatch.setattr("helpers.frozen.encode_images", must_not_encode)
+    assert build_cache(train_set, frozen, profile) == folder
+
+
+def test_key_follows_resolution_and_data(setup):
+    profile, frozen, train_set, folder = setup
+    key = cache_mod.cache_key
+    base = dict(text_encoder=profile.text_encoder, vae=profile.vae, vae_subfolder=None, resolution=32,
+                background=(255, 255, 255))
+    assert key(train_set, **base) == key(train_set, **base)
+    assert key(train_set, **{**base, "resolution": 64}) != key(train_set, **base)
+    assert key(train_set, **{**base, "background": (0, 0, 0)}) != key(train_set, **base)
+    fewer = train_set.without_keys([train_set.examples[0].key])
+    assert key(fewer, **base) != key(train_set, **base)
+
+
+def test_batch_is_reproducible_and_follows_its_options(setup):
+    cache = load_cache(setup[3])
+    idx = torch.arange(8)
+    a = cache.batch(idx, torch.Generator().manual_seed(1))
+    b = cache.batch(idx, torch.Generator().manual_seed(1))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].shape == (8, 4, 16, 16) and a[0].dtype == torch.float32
+    # no flip, many draws: the sampled latents average to the scaled mean, spread by the scaled std
+    n, k = 400, cache.scaling_factor
+    for flip_p, mean, std in ((0.0, cache.mean, cache.std), (1.0, cache.mean_flip, cache.std_flip)):
+        draws = torch.stack([cache.batch(idx, torch.Generator().manual_seed(s), flip_p=flip_p)[0] for s in range(n)])
+        stderr = std[:8].float() * k / n**0.5
+        assert ((draws.mean(0) - mean[:8].float() * k).abs() <= 5 * stderr + 1e-3).all()
+        torch.testing.assert_close(draws.std(0), std[:8].float() * k, atol=0.02, rtol=0.25)
+    # dropout 1: every caption is ""; dropout 0: never ""
+    _, dropped = cache.batch(idx, torch.Generator().manual_seed(0), caption_dropout=1.0)
+    assert torch.equal(dropped, cache.text_emb[[cache.empty_index] * 8].float())
+    _, kept = cache.batch(idx, torch.Generator().manual_seed(0), caption_dropout=0.0)
+    empty = cache.text_emb[cache.empty_index].float()
+    assert not any(torch.equal(row, empty) for row in kept)
+
+
+def test_interrupted_build_leaves_no_cache_that_looks_complete(setup, monkeypatch, tmp_path):
+    profile, frozen, train_set, _ = setup
+    other = Profile(**{**profile.__dict__, "outputs_dir": tmp_path})
+    calls = []
+
+    def failing_save(tensors, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_save_file(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "save_file", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(train_set, frozen, other)
+    leftovers = list((tmp_path / "cache").iterdir())
+    assert all(not (p / cache_mod.COMPLETE).exists() for p in leftovers)
+    with pytest.raises(FileNotFoundError, match="not a complete latent cache"):
+        load_cache(leftovers[0])
+    monkeypatch.setattr(cache_mod, "save_file", real_save_file)
+    folder = build_cache(train_set, frozen, other)
+    assert load_cache(folder).n_images == len(train_set.examples)
