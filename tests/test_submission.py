@@ -1,0 +1,195 @@
+"""helpers.submission: export (names, sizes, seeds, never mixing), verify, zip, contact sheet; bad test.json."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from torch import nn
+
+from helpers.data import DataError, TestPrompt, read_test_prompts
+from helpers.submission import (contact_sheet, export_submission, regenerate_one, seed_for, verify_submission,
+                                zip_submission)
+
+
+class SeedPainter:
+    """A test double for helpers.sampling.TextToImage: draws a deterministic image from each seed (and the prompt)."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self.calls = []
+
+    def generate(self, prompts, seeds, *, guidance_scale=7.5, steps=50, scheduler="ddim", batch_size=8,
+                 progress=True):
+        self.calls.append(dict(prompts=list(prompts), seeds=list(seeds), guidance_scale=guidance_scale, steps=steps,
+                               scheduler=scheduler, batch_size=batch_size))
+        out = []
+        for p, s in zip(prompts, seeds):
+            rng = np.random.default_rng([s, len(p), int(guidance_scale * 10)])
+            out.append(Image.fromarray(rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)))
+        return out
+
+
+def write_test_json(path: Path, n: int = 5) -> Path:
+    data = {f"mon{i}_WALK": {"text_prompt": f"a monster {i} walking", "image_name": f"img_{i}.png"}
+            for i in range(n)}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_export_writes_one_png_per_prompt_seeded_by_key(tmp_path):
+    test_json = write_test_json(tmp_path / "test.json")
+    tti = SeedPainter(16)
+    out = export_submission(tti, test_json, tmp_path / "submission", size=16, guidance_scale=3.0, steps=15,
+                            scheduler="dpm++", seed=0, batch_size=4, progress=False)
+    prompts = read_test_prompts(test_json)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.image_name for p in prompts)
+    assert tti.calls[0]["seeds"] == [seed_for(p.key, 0) for p in prompts]
+    assert tti.calls[0]["scheduler"] == "dpm++" and tti.calls[0]["steps"] == 15 and tti.calls[0]["batch_size"] == 4
+    report = verify_submission(out, test_json, 16)
+    assert report.ok and report.n_found == 5, report.summary()
+    manifest = json.loads((tmp_path / "submission.json").read_text())
+    assert manifest["images"]["img_3.png"]["seed"] == seed_for("mon3_WALK", 0) and manifest["guidance_scale"] == 3.0
+    # one image regenerated alone equals the exported one
+    one = regenerate_one(tti, prompts[3], seed=0, guidance_scale=3.0, steps=15, scheduler="dpm++")
+    with Image.open(out / "img_3.png") as im:
+        assert np.array_equal(np.asarray(im), np.asarray(one))
+    # re-running with overwrite regenerates identical files
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    export_submission(tti, prompts, out, size=16, guidance_scale=3.0, steps=15, scheduler="dpm++", overwrite=True,
+                      progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # the seed depends on the key and the base seed, not the position
+    assert seed_for("mon3_WALK", 0) == seed_for("mon3_WALK", 0) != seed_for("mon3_WALK", 1)
+    reordered = list(reversed(prompts))
+    tti2 = SeedPainter(16)
+    export_submission(tti2, reordered, tmp_path / "sub2", size=16, progress=False)
+    assert tti2.calls[0]["seeds"] == [seed_for(p.key, 0) for p in reordered]
+
+
+def test_export_never_mixes_with_an_existing_submission(tmp_path):
+    test_json = write_test_json(tmp_path / "test.json", 3)
+    out = tmp_path / "submission"
+    out.mkdir()
+    (out / "old_image.png").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export_submission(SeedPainter(), test_json, out, size=16, progress=False)
+    assert [p.name for p in out.iterdir()] == ["old_image.png"]  # untouched
+    export_submission(SeedPainter(), test_json, out, size=16, overwrite=True, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["img_0.png", "img_1.png", "img_2.png"]  # old one gone
+    # overwrite only replaces a folder of images
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        export_submission(SeedPainter(), test_json, out, size=16, overwrite=True, progress=False)
+    # an empty existing folder is fine; no temporary folders are left behind
+    (tmp_path / "empty").mkdir()
+    export_submission(SeedPainter(), test_json, tmp_path / "empty", size=16, progress=False)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_failed_generation_leaves_no_partial_submission(tmp_path):
+    class Broken(SeedPainter):
+        def generate(self, *a, **k):
+            raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        export_submission(Broken(), write_test_json(tmp_path / "t.json"), tmp_path / "sub", size=16, progress=False)
+    assert not (tmp_path / "sub").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_images_of_another_size_are_resized_with_a_warning(tmp_path):
+    with pytest.warns(UserWarning, match="resized"):
+        out = export_submission(SeedPainter(8), write_test_json(tmp_path / "t.json", 2), tmp_path / "s", size=16,
+                                progress=False)
+    assert verify_submission(out, tmp_path / "t.json", 16).ok
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{not json", "t.json"),
+    ("{}", "no prompts"),
+    ('{"a": {"image_name": "a.png"}}', "text_prompt"),
+    ('{"a": {"text_prompt": "x"}}', "image_name"),
+    ('{"a": {"text_prompt": "x", "image_name": "same.png"}, "b": {"text_prompt": "y", "image_name": "same.png"}}',
+     "same.png"),
+])
+def test_bad_test_json_is_rejected_through_the_export(tmp_path, content, match):
+    (tmp_path / "t.json").write_text(content)
+    with pytest.raises(DataError, match=match):
+        export_submission(SeedPainter(), tmp_path / "t.json", tmp_path / "s", size=16, progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_bad_prompt_lists_are_rejected(tmp_path):
+    with pytest.raises(DataError, match="no prompts"):
+        export_submission(SeedPainter(), [], tmp_path / "s", size=16)
+    dup = [TestPrompt("a", "x", "n.png"), TestPrompt("b", "y", "n.png")]
+    with pytest.raises(DataError, match="n.png"):
+        export_submission(SeedPainter(), dup, tmp_path / "s", size=16)
+    with pytest.raises(DataError, match="plain file name"):
+        export_submission(SeedPainter(), [TestPrompt("a", "x", "../n.png")], tmp_path / "s", size=16)
+
+
+def test_verify_names_every_bad_file(tmp_path):
+    test_json = write_test_json(tmp_path / "test.json", 4)
+    out = export_submission(SeedPainter(), test_json, tmp_path / "sub", size=16, progress=False)
+    (out / "img_0.png").unlink()
+    Image.new("RGB", (8, 8)).save(out / "img_1.png")
+    Image.new("RGBA", (16, 16)).save(out / "img_2.png")
+    (out / "img_3.png").write_bytes(b"not a png")
+    (out / "stray.png").write_bytes(b"")
+    report = verify_submission(out, test_json, 16)
+    assert not report.ok and report.missing == ["img_0.png"] and report.extra == ["stray.png"]
+    text = report.summary()
+    for needle in ("img_0.png", "img_1.png: size 8x8", "img_2.png: mode RGBA", "img_3.png: unreadable", "stray.png"):
+        assert needle in text
+    with pytest.raises(DataError, match="img_1.png"):
+        report.raise_if_bad()
+
+
+def test_zip_and_contact_sheet(tmp_path):
+    test_json = write_test_json(tmp_path / "test.json", 5)
+    out = export_submission(SeedPainter(), test_json, tmp_path / "submission", size=16, progress=False)
+    z = zip_submission(out)
+    assert z == tmp_path / "submission.zip"
+    with zipfile.ZipFile(z) as zf:
+        assert sorted(zf.namelist()) == [f"img_{i}.png" for i in range(5)]
+        assert zf.read("img_2.png") == (out / "img_2.png").read_bytes()
+    first = z.read_bytes()
+    assert zip_submission(out).read_bytes() == first  # deterministic
+    sheet = contact_sheet(out, test_json, n=3, ncols=3)
+    assert isinstance(sheet, Image.Image) and sheet.width >= 3 * 16
+    with pytest.raises(FileNotFoundError):
+        zip_submission(tmp_path / "nothing")
+
+
+def test_sweep_generates_and_scores_each_value(tmp_path, monkeypatch):
+    """metrics.sweep over guidance scales with the test double and a tiny pluggable extractor."""
+    from types import SimpleNamespace
+
+    from helpers import metrics
+
+    prompts = read_test_prompts(write_test_json(tmp_path / "test.json", 4))
+    refdir = tmp_path / "ref"
+    refdir.mkdir()
+    refmap = {}
+    for i, p in enumerate(prompts):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(refdir / f"r{i}.png")
+        refmap[p.image_name] = [refdir / f"r{i}.png"]
+    profile = SimpleNamespace(name="demo", resolution=16, background=(255, 255, 255), device="cpu", vae="none",
+                              vae_subfolder=None)
+
+    class Mean(nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    monkeypatch.setattr(metrics, "inception_problem", lambda: "offline")
+    res = metrics.sweep([1.0, 3.0], prompts, refmap, profile, out_dir=tmp_path / "sweep", tti=SeedPainter(16),
+                        steps=2, score_kwargs=dict(fid_extractor=Mean(), compute_clip=False, compute_vae_fd=False))
+    assert [f.name for f in res.folders] == ["guidance_scale_1.0", "guidance_scale_3.0"]
+    assert all(verify_submission(f, prompts, 16).ok for f in res.folders)
+    assert all(r[0].value is not None for r in res.results) and res.figure is not None
+    assert res.best(res.results[0][0].name) in (1.0, 3.0)
