@@ -27,7 +27,6 @@ Where a scoring model cannot be loaded (offline and not cached, package missing)
 
 from __future__ import annotations
 
-import functools
 import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -385,47 +384,9 @@ def clip_i_from_embeddings(gen_emb: torch.Tensor, ref_embs: Sequence[torch.Tenso
 
 def clip_problem(model_id: str) -> str | None:
     """Why the CLIP model ``model_id`` cannot be loaded (offline and not cached, no such folder), or None."""
-    if Path(model_id).exists():
-        return None if (Path(model_id) / "config.json").exists() else f"{model_id} has no config.json"
-    if Path(model_id).is_absolute() or model_id.startswith((".", "~")):
-        return f"{model_id}: no such folder"
-    return _hub_problem(model_id)
+    from .hub import model_problem
 
-
-@functools.lru_cache(maxsize=8)
-def _hub_problem(model_id: str) -> str | None:
-    """(cached per session: a sweep asks once, not once per value)"""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    cached = try_to_load_from_cache(model_id, "config.json")
-    if isinstance(cached, str):
-        return None  # in the HF cache: from_pretrained finds it without the network
-    if constants.HF_HUB_OFFLINE:
-        return f"{model_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
-    problem = _endpoint_problem(constants.ENDPOINT)
-    if problem:
-        return f"{model_id} is not in the Hugging Face cache and the hub is unreachable ({problem})"
-    try:
-        from huggingface_hub import hf_hub_download
-
-        hf_hub_download(model_id, "config.json")
-    except Exception as err:
-        return f"cannot load {model_id} ({type(err).__name__}: {err})"
-    return None
-
-
-def _endpoint_problem(endpoint: str, timeout: float = 3.0) -> str | None:
-    """None when a TCP connection to the hub endpoint opens within ``timeout`` s, else why not (no retries)."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(endpoint)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as err:
-        return f"{host}:{port}: {err.strerror or type(err).__name__}"
+    return model_problem(model_id)
 
 
 class ClipScorer:

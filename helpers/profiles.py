@@ -107,24 +107,10 @@ def course_data_problem(data_dir: Path) -> str | None:
 
 def course_models_problem(text_encoder: str = COURSE_TEXT_ENCODER, vae: str = COURSE_VAE,
                           vae_subfolder: str | None = COURSE_VAE_SUBFOLDER) -> str | None:
-    """Why the course's text encoder or VAE cannot be loaded, or None when their files are reachable.
+    """Why the course's text encoder or VAE cannot be loaded, or None (a quick check, no hub retries)."""
+    from .hub import model_problem
 
-    A local folder must hold ``config.json``; a hub id must resolve ``config.json`` through the normal HF cache
-    (or the network when there is one). Only config files are fetched here; weights load later.
-    """
-    for model_id, sub in ((text_encoder, None), (vae, vae_subfolder)):
-        local = Path(model_id) / (sub or "")
-        if Path(model_id).exists():
-            if not (local / "config.json").exists():
-                return f"{local} has no config.json"
-            continue
-        try:
-            from huggingface_hub import hf_hub_download
-
-            hf_hub_download(model_id, "config.json", subfolder=sub)
-        except Exception as err:  # offline, unknown id, no cache...
-            return f"cannot load {model_id} ({type(err).__name__}: no network and not in the HF cache?)"
-    return None
+    return model_problem(text_encoder) or model_problem(vae, vae_subfolder)
 
 
 def _env_flag(name: str) -> bool | None:

@@ -15,6 +15,7 @@ from torch import nn
 
 from helpers import metrics
 from helpers.data import TestPrompt
+from helpers.hub import hub_problem
 from helpers.metrics import MetricResult
 
 
@@ -190,10 +191,10 @@ def test_clip_metrics_are_skipped_when_the_model_cannot_load(tmp_path, monkeypat
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    metrics._hub_problem.cache_clear()
+    hub_problem.cache_clear()
     res = metrics.clip_i([Image.new("RGB", (8, 8))], [[Image.new("RGB", (8, 8))]], clip="nobody/no-such-clip")
     assert res.skipped and "not in the Hugging Face cache" in res.note and res.model == "nobody/no-such-clip"
-    metrics._hub_problem.cache_clear()
+    hub_problem.cache_clear()
 
 
 def test_reference_folder_named_like_the_prompts(tmp_path):
