@@ -1,0 +1,109 @@
+"""helpers.demo_vae: tiny training runs on a tiny course-format folder (seconds), loaded back through load_vae."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from helpers import demo_vae
+from helpers.demo_data import ensure_demo_dataset, make_demo_dataset
+from helpers.frozen import load_vae, scaling_factor
+
+TINY_CONFIG = dict(demo_vae.DEMO_VAE_CONFIG, block_out_channels=(8, 16), norm_num_groups=4,
+                   down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                   sample_size=32)
+FAST = dict(steps=3, batch_size=2, resolution=32, config=TINY_CONFIG, progress=False, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A course-format folder: 4 monsters x 4 actions x 1 frame (16 sprites)."""
+    return make_demo_dataset(tmp_path_factory.mktemp("vae-data") / "demo", n_species=4, n_frames=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    return demo_vae.train_demo_vae(tiny_data, tmp_path_factory.mktemp("vae-out") / "vae", seed=0, **FAST)
+
+
+def test_train_saves_a_loadable_vae_with_scaling_factor(trained, tiny_data):
+    assert (trained / "config.json").exists()
+    assert (trained / "diffusion_pytorch_model.safetensors").exists()
+    assert not list(trained.parent.glob(".vae.tmp-*"))  # the temporary folder was renamed away
+    vae = load_vae(trained)  # the same from_pretrained path as the course VAE
+    assert type(vae).__name__ == "AutoencoderKL"
+    report = json.loads((trained / "training_report.json").read_text())
+    assert scaling_factor(vae) == pytest.approx(report["scaling_factor"])
+    assert scaling_factor(vae) == pytest.approx(1 / report["latent_std_raw"])
+    assert scaling_factor(vae) != pytest.approx(0.18215)  # not the default: computed from the data
+    for key in ("steps", "seconds_train", "seconds_cpu", "psnr_train_db", "psnr_heldout_db", "data_hash",
+                "heldout_monsters"):
+        assert key in report, key
+    assert report["steps"] == 3 and report["data_hash"] == demo_vae.data_hash(tiny_data)
+    assert report["latent_shape"] == [4, 16, 16]
+    assert report["n_heldout_images"] > 0 and report["n_train_images"] + report["n_heldout_images"] == 16
+
+
+def test_heldout_monsters_are_never_trained_on(trained):
+    report = demo_vae.read_report(trained)
+    held = set(report["heldout_monsters"])
+    assert len(held) == 1  # 10 % of 4 monsters, at least one
+    train_monsters, held2 = demo_vae.split_holdout([f"m00{i}_walk" for i in range(4)], 0.1, seed=0)
+    assert held2 == held and not (train_monsters & held)
+
+
+def test_training_is_deterministic(trained, tiny_data, tmp_path):
+    again = demo_vae.train_demo_vae(tiny_data, tmp_path / "again", seed=0, **FAST)
+    other = demo_vae.train_demo_vae(tiny_data, tmp_path / "other", seed=1, **FAST)
+    a, b, c = (load_vae(p).state_dict() for p in (trained, again, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_existing_output_is_not_overwritten_silently(trained, tiny_data):
+    before = (trained / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        demo_vae.train_demo_vae(tiny_data, trained, **FAST)
+    assert (trained / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_reconstruction_psnr(trained):
+    assert demo_vae.psnr_from_mse(0.01) == pytest.approx(20.0)
+    assert demo_vae.psnr_from_mse(0.0) == float("inf")
+    vae = load_vae(trained)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    value = demo_vae.reconstruction_psnr(vae, images)
+    assert isinstance(value, float) and 0 < value < 60
+    with pytest.raises(ValueError):
+        demo_vae.reconstruction_psnr(vae, images[:0])
+
+
+def test_ensure_demo_vae_trains_once_then_reuses(tmp_path, monkeypatch):
+    data = ensure_demo_dataset(tmp_path / "demo-smoke", smoke=True)
+    calls = []
+    real_train = demo_vae.train_demo_vae
+
+    def counting_train(*args, **kwargs):
+        calls.append(kwargs)
+        return real_train(*args, **{**kwargs, "num_threads": 1})
+
+    monkeypatch.setattr(demo_vae, "train_demo_vae", counting_train)
+    path = demo_vae.ensure_demo_vae(data, smoke=True, progress=False)
+    assert path == data / "vae" and len(calls) == 1 and calls[0]["steps"] == demo_vae.SMOKE_STEPS
+    vae = load_vae(path)
+    assert vae.config.block_out_channels == tuple(demo_vae.DEMO_VAE_CONFIG["block_out_channels"]) or \
+        list(vae.config.block_out_channels) == list(demo_vae.DEMO_VAE_CONFIG["block_out_channels"])
+    with torch.no_grad():
+        latents = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
+    assert latents.shape == (1, 4, 16, 16)  # 64 px -> 16x16x4
+
+    assert demo_vae.ensure_demo_vae(data, smoke=True, progress=False) == path
+    assert len(calls) == 1  # reused
+    assert not demo_vae._usable(path, data, smoke=False)  # a smoke VAE never serves a full run
+    # the data set changed -> retrained
+    info = data / "train_info.json"
+    info.write_text(info.read_text() + "\n")
+    demo_vae.ensure_demo_vae(data, smoke=True, progress=False)
+    assert len(calls) == 2

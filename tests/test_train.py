@@ -1,0 +1,323 @@
+"""helpers.train: accumulation, exact resume, atomic saves, EMA, faults, refusals, the command line.
+
+Most tests train the "tiny" UNet preset on a small in-memory LatentCache made from random tensors (8x8x4 latents);
+one builds a real cache from a tiny generated data set with the tiny BERT + VAE of conftest and runs the command
+line with sampling on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import checkpoints
+from helpers.cache import LatentCache
+from helpers.train import (LiveLossPlot, NonFiniteLossError, RunFolderError, TrainConfig, TrainEvent, read_metrics,
+                           sample_grids, train)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------------------------------- fixtures
+def make_cache(n: int = 8, channels: int = 4, side: int = 8, hidden: int = 32, n_captions: int = 5,
+               seed: int = 0) -> LatentCache:
+    """A LatentCache of ``n`` structured latents (smooth patterns, small std) and random caption embeddings."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side), indexing="ij")
+    freq = torch.rand(n, channels, 1, 1, generator=g) * 3 + 0.5
+    phase = torch.rand(n, channels, 1, 1, generator=g) * 6.28
+    mean = 2 * torch.sin(freq * (xx + yy) + phase)  # raw latents; scaled by 0.5 -> std ~ 0.7
+    std = torch.full_like(mean, 0.02)
+    captions = [""] + [f"caption {i}" for i in range(n_captions - 1)]
+    ids = torch.tensor([[1 + i % (n_captions - 1), 1 + (i + 1) % (n_captions - 1)] for i in range(n)])
+    return LatentCache(
+        path=Path("in-memory"), keys=[f"k{i}" for i in range(n)], image_names=[f"{i}.png" for i in range(n)],
+        captions=captions, empty_index=0, caption_ids=ids, caption_counts=(ids >= 0).sum(1), mean=mean.half(),
+        std=std.half(), mean_flip=mean.flip(-1).half(), std_flip=std.flip(-1).half(),
+        text_emb=torch.randn(n_captions, 77, hidden, generator=g).half(), scaling_factor=0.5, meta={})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: the tiny UNet is faster that way, and a shared 2-core machine does not thrash."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache() -> LatentCache:
+    return make_cache()
+
+
+def config(tmp_path: Path, name: str = "run", **overrides) -> TrainConfig:
+    base = dict(run_name=name, run_dir=str(tmp_path / name), unet_preset="tiny", batch_size=4, grad_accum=1,
+                max_steps=4, lr=1e-3, warmup_steps=1, eval_freq=0, save_freq=100, log_every=1, device="cpu",
+                mixed_precision="no", ema=True, ema_decay=0.999, seed=0)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def model_weights(state_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(state_dir / "model.safetensors"))
+
+
+def unet_weights(unet_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(unet_dir / "diffusion_pytorch_model.safetensors"))
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], exact: bool = True, atol: float = 0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), f"{k} differs (max {float((a[k] - b[k]).abs().max()):.3g})"
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=lambda m: f"{k}: {m}")
+
+
+def stop_at(step: int):
+    """A callback that raises KeyboardInterrupt (like Ctrl-C) once ``step`` is done."""
+    def callback(event: TrainEvent):
+        if event.kind == "log" and event.step == step:
+            raise KeyboardInterrupt
+    return callback
+
+
+# --------------------------------------------------------------------------------------------------- the loop
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, cache):
+    # 4 micro-batches of 2 == one batch of 8: the loop draws the whole global batch (indices, flips, caption
+    # dropout, noise, timesteps) at once from its generator, so both runs see exactly the same samples.
+    common = dict(max_steps=3, ema=False, lr_schedule="constant", save_freq=3)
+    small = train(config(tmp_path, "accum", batch_size=2, grad_accum=4, **common), cache=cache)
+    big = train(config(tmp_path, "big", batch_size=8, grad_accum=1, **common), cache=cache)
+    assert small.step == big.step == 3
+    for a, b in zip(small.losses, big.losses):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    # float sums in another order: equal to ~1e-7 per step, far below one AdamW step (lr = 1e-3)
+    assert_same(model_weights(small.state), model_weights(big.state), exact=False, atol=2e-5)
+
+
+def test_resume_is_bitwise_exact(tmp_path, cache):
+    kwargs = dict(max_steps=6, save_freq=4, batch_size=4, grad_accum=2)
+    full = train(config(tmp_path, "full", **kwargs), cache=cache)
+    first = train(config(tmp_path, "split", **kwargs), cache=cache, callback=stop_at(3))
+    assert first.interrupted and first.step == 3
+    assert [s for s, _ in checkpoints.list_checkpoints(first.run_dir, "state")] == [3]
+    second = train(config(tmp_path, "split", resume="latest", **kwargs), cache=cache)
+    assert second.start_step == 3 and second.step == 6 and second.finished and not second.interrupted
+    assert second.losses == full.losses[3:]  # the same batches, noise and timesteps, bit for bit
+    assert_same(model_weights(full.state), model_weights(second.state))  # raw weights
+    assert_same(unet_weights(full.checkpoint), unet_weights(second.checkpoint))  # EMA weights
+    assert_same(load_file(str(full.state / "optimizer.safetensors")),
+                load_file(str(second.state / "optimizer.safetensors")))
+    # metrics.jsonl holds each step once
+    assert [r["step"] for r in read_metrics(second.run_dir)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_an_interrupted_save_is_never_resumed_from(tmp_path, cache, monkeypatch):
+    cfg = config(tmp_path, "crash", max_steps=4, save_freq=2)
+    real_save_tree = checkpoints._save_tree
+
+    def failing_save_tree(folder, name, obj):
+        if name == "ema" and "state_4" in folder.name:
+            raise OSError("No space left on device (simulated, mid-save)")
+        return real_save_tree(folder, name, obj)
+
+    monkeypatch.setattr(checkpoints, "_save_tree", failing_save_tree)
+    with pytest.raises(OSError, match="simulated"):
+        train(cfg, cache=cache)
+    monkeypatch.setattr(checkpoints, "_save_tree", real_save_tree)
+    run = Path(cfg.run_dir)
+    assert checkpoints.latest_state(run) == run / "ckpt" / "state_2"
+    assert not (run / "ckpt" / "state_4").exists()
+    # a hard kill leaves the temporary folder behind: resume must ignore it and clean it up
+    leftover = run / "ckpt" / ".tmp-state_4-123-deadbeef"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half a file")
+    resumed = train(config(tmp_path, "crash", max_steps=4, save_freq=2, resume="latest"), cache=cache)
+    assert resumed.start_step == 2 and resumed.step == 4
+    assert not leftover.exists()
+    assert [s for s, _ in checkpoints.list_checkpoints(run, "state")] == [2, 4]
+    assert [s for s, _ in checkpoints.list_checkpoints(run, "unet")] == [2, 4]
+
+
+def test_ema_follows_its_formula(tmp_path, cache):
+    from diffusers.training_utils import EMAModel
+
+    cfg = config(tmp_path, "ema", max_steps=2, save_freq=1, ema_decay=0.999, ema_warmup=True, ema_power=0.75)
+    result = train(cfg, cache=cache)
+    run = result.run_dir / "ckpt"
+    ema1, ema2 = unet_weights(run / "unet_1"), unet_weights(run / "unet_2")
+    raw1, raw2 = model_weights(run / "state_1"), model_weights(run / "state_2")
+    probe = EMAModel([torch.nn.Parameter(torch.zeros(1))], decay=0.999, use_ema_warmup=True, power=0.75)
+    d1, d2 = probe.get_decay(1), probe.get_decay(2)
+    assert d1 == 0.0 and 0 < d2 < 0.999
+    assert d2 == pytest.approx(1 - (1 + 1) ** -0.75)
+    for k in raw1:
+        assert torch.equal(ema1[k], raw1[k])  # decay 0 at the first step: the EMA is the weights
+        torch.testing.assert_close(ema2[k], d2 * ema1[k] + (1 - d2) * raw2[k], atol=1e-6, rtol=0)
+    saved = json.loads((run / "state_2" / "ema.json").read_text())
+    assert saved["optimization_step"] == 2
+
+
+def test_loss_falls_when_overfitting_a_few_latents(tmp_path, cache):
+    cfg = config(tmp_path, "overfit", batch_size=8, max_steps=60, lr=2e-3, warmup_steps=5, ema=False,
+                 caption_dropout=0.0, save_freq=1000, log_every=10)
+    result = train(cfg, cache=cache)
+    first, last = result.losses[:10], result.losses[-10:]
+    assert sum(last) / 10 < 0.6 * sum(first) / 10, (first, last)
+    assert result.step == 60 and result.finished
+
+
+def test_ctrl_c_saves_a_checkpoint_and_returns(tmp_path, cache):
+    def ctrl_c(event: TrainEvent):
+        if event.kind == "log" and event.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # what Jupyter's "interrupt kernel" sends
+
+    before = signal.getsignal(signal.SIGINT)
+    result = train(config(tmp_path, "sigint", max_steps=50, save_freq=100), cache=cache, callback=ctrl_c)
+    assert result.interrupted and not result.finished and result.step == 2
+    assert result.state == result.run_dir / "ckpt" / "state_2" and result.checkpoint.name == "unet_2"
+    assert signal.getsignal(signal.SIGINT) is before  # the loop gives the handler back
+    resumed = train(config(tmp_path, "sigint", max_steps=3, save_freq=100, resume="latest"), cache=cache)
+    assert resumed.start_step == 2 and resumed.step == 3
+
+
+class PoisonedCache:
+    """A cache whose batches become NaN from the ``bad_call``-th on."""
+
+    def __init__(self, cache: LatentCache, bad_call: int):
+        self.cache, self.bad_call, self.calls = cache, bad_call, 0
+        self.n_images, self.latent_shape, self.text_emb = cache.n_images, cache.latent_shape, cache.text_emb
+
+    def batch(self, indices, generator, **kwargs):
+        self.calls += 1
+        latents, text = self.cache.batch(indices, generator, **kwargs)
+        if self.calls >= self.bad_call:
+            latents = latents * float("nan")
+        return latents, text
+
+
+def test_a_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, cache):
+    cfg = config(tmp_path, "nan", max_steps=6, save_freq=2)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3.*state_2"):
+        train(cfg, cache=PoisonedCache(cache, bad_call=3))
+    run = Path(cfg.run_dir)
+    assert [s for s, _ in checkpoints.list_checkpoints(run, "state")] == [2]
+    assert [s for s, _ in checkpoints.list_checkpoints(run, "unet")] == [2]
+    weights = model_weights(run / "ckpt" / "state_2")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_a_second_run_into_the_same_folder_refuses(tmp_path, cache):
+    train(config(tmp_path, "once", max_steps=2, save_freq=2), cache=cache)
+    with pytest.raises(RunFolderError, match="resume='latest'"):
+        train(config(tmp_path, "once", max_steps=2), cache=cache)
+    with pytest.raises(RunFolderError, match=r"lr: checkpoint 0\.001, now 0\.01"):
+        train(config(tmp_path, "once", max_steps=3, lr=1e-2, resume="latest"), cache=cache)
+    # a finished run re-run with resume='latest' just reports it (what a notebook re-run does)
+    again = train(config(tmp_path, "once", max_steps=2, resume="latest"), cache=cache)
+    assert again.step == 2 and again.finished and again.losses == []
+    assert again.checkpoint.name == "unet_2"
+
+
+# --------------------------------------------------------------------------------------------------- config
+def test_config_json_roundtrip_and_profile_defaults(tmp_path):
+    from helpers.profiles import Profile
+
+    def profile(name, smoke):
+        return Profile(name=name, smoke=smoke, reason="test", data_dir=tmp_path / "data", outputs_dir=tmp_path / "out",
+                       resolution=256 if name == "course" else 64, text_encoder="te", vae="vae",
+                       vae_subfolder=None, unet_preset="tiny" if smoke else ("reference" if name == "course" else "demo"),
+                       device="cpu")
+
+    course = TrainConfig.for_profile(profile("course", False))
+    assert (course.eval_freq, course.save_freq, course.unet_preset, course.resolution) == (500, 500, "reference", 256)
+    demo = TrainConfig.for_profile(profile("demo", False), run_name="x", lr=1e-4)
+    assert demo.unet_preset == "demo" and demo.max_steps <= 600 and demo.lr == 1e-4
+    assert demo.run_dir == str(tmp_path / "out" / "x")
+    smoke = TrainConfig.for_profile(profile("demo", True))
+    assert smoke.max_steps <= 10 and smoke.eval_freq <= 5 and smoke.run_dir.endswith("main-smoke")
+    path = demo.save(tmp_path / "c.json")
+    assert TrainConfig.load(path) == demo
+    with pytest.raises(ValueError, match="Unknown TrainConfig field"):
+        TrainConfig.from_dict({**demo.to_dict(), "learning_rate": 1})
+    with pytest.raises(ValueError, match="prediction_type"):
+        TrainConfig(prediction_type="x0").validate()
+    assert demo.differences(TrainConfig.from_dict({**demo.to_dict(), "max_steps": 9, "eval_freq": 7})) == {}
+    assert set(demo.differences({**demo.to_dict(), "snr_gamma": None, "batch_size": 3})) == {"snr_gamma",
+                                                                                            "batch_size"}
+
+
+def test_v_prediction_and_bf16_autocast_run(tmp_path, cache):
+    result = train(config(tmp_path, "v", max_steps=2, prediction_type="v_prediction", mixed_precision="bf16",
+                          snr_gamma=5.0, save_freq=2), cache=cache)
+    assert result.step == 2 and all(math.isfinite(x) for x in result.losses)
+    sched = json.loads((result.checkpoint / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction"
+
+
+def test_live_loss_plot_handles_events(tmp_path):
+    from PIL import Image
+
+    plot = LiveLossPlot(every=2)
+    for step in range(1, 6):
+        plot(TrainEvent("log", step, 5, metrics={"loss": 1.0 / step, "lr": 1e-4}))
+    plot(TrainEvent("sample", 5, 5, image=Image.new("RGB", (8, 8)), path=tmp_path / "x.png"))
+    plot(TrainEvent("end", 5, 5))
+    fig = plot.figure()
+    assert len(fig.axes) == 2 and plot.steps == [1, 2, 3, 4, 5]
+
+
+# --------------------------------------------------------------------------------------------------- real cache + CLI
+def build_tiny_cache(root: Path, text_encoder_dir: Path, vae_dir: Path) -> tuple[Path, "object"]:
+    """A real cache: 8 generated sprites (2 species x 4 actions) at 32 px, tiny BERT + tiny VAE (16x16 latents)."""
+    from helpers.cache import build_cache
+    from helpers.data import load_train_set
+    from helpers.demo_data import make_demo_dataset
+    from helpers.frozen import FrozenModels, load_text_encoder, load_vae
+    from helpers.profiles import Profile
+
+    data = make_demo_dataset(root / "data", n_species=2, n_frames=1, size=32)
+    profile = Profile(name="demo", smoke=True, reason="test", data_dir=data, outputs_dir=root / "outputs",
+                      resolution=32, text_encoder=str(text_encoder_dir), vae=str(vae_dir), vae_subfolder=None,
+                      unet_preset="tiny", device="cpu")
+    frozen = FrozenModels(load_text_encoder(text_encoder_dir), load_vae(vae_dir), profile)
+    folder = build_cache(load_train_set(data, verbose=False, progress=False), frozen, profile)
+    return folder, profile
+
+
+def test_command_line_with_a_real_cache_and_sample_grids(tmp_path, tiny_bert_dir, tiny_vae_dir):
+    from diffusers import UNet2DConditionModel
+
+    cache_dir, profile = build_tiny_cache(tmp_path, tiny_bert_dir, tiny_vae_dir)
+    cfg = TrainConfig.for_profile(profile, max_steps=3, batch_size=4, eval_freq=2, save_freq=2, sample_steps=2,
+                                  sample_prompts=["a red slime", "a blue bird"], mixed_precision="no",
+                                  cache_dir=str(cache_dir), device="cpu")
+    path = cfg.save(tmp_path / "config.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "helpers.train", "--config", str(path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = Path(cfg.run_dir)
+    assert [s for s, _ in sample_grids(run)] == [0, 2]
+    assert [s for s, _ in checkpoints.list_checkpoints(run, "unet")] == [2, 3]
+    unet = UNet2DConditionModel.from_pretrained(run / "ckpt" / "unet_3")
+    assert unet.config.cross_attention_dim == 48 and unet.config.sample_size == 16
+    meta = checkpoints.read_meta(run / "ckpt" / "unet_3")
+    assert meta["step"] == 3 and meta["ema"] is True and meta["resolution"] == 32
+    assert TrainConfig.load(run / "train_config.json") == cfg
+    # a second start of the same command refuses instead of mixing runs; --resume latest reports it finished
+    again = subprocess.run([sys.executable, "-m", "helpers.train", "--config", str(path)], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "resume='latest'" in again.stderr
