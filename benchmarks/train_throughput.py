@@ -235,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints.save_state = lambda *a, **k: None
     checkpoints.prune = lambda *a, **k: []
 
-    if args.encoders == "demo":
+    if args.precision:  # cached data only: no encoders; the demo geometry (VAE factor 4) unless reference
+        vae = text_encoder = None
+        factor = 8 if preset == "reference" else 4
+        latent_shape, hidden = (4, args.resolution // factor, args.resolution // factor), 384 if preset != "reference" else 512
+        encoders = ""
+    elif args.encoders == "demo":
         from helpers.frozen import load_text_encoder, load_vae
         from helpers.profiles import demo_text_encoder_path
 
@@ -248,9 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         vae, text_encoder = sd_vae(device), HashTokenizerCLIP(device)
         encoders = ("course architectures, random weights: SD v1 AutoencoderKL + CLIP ViT-B/32 text transformer "
                     "(timing does not depend on weight values)")
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    latent_shape = (int(vae.config.latent_channels), args.resolution // factor, args.resolution // factor)
-    hidden = text_encoder.hidden_size
+    if vae is not None:
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        latent_shape = (int(vae.config.latent_channels), args.resolution // factor, args.resolution // factor)
+        hidden = text_encoder.hidden_size
 
     g = torch.Generator().manual_seed(0)
     images = torch.rand(n_images, 3, args.resolution, args.resolution, generator=g) * 2 - 1

@@ -244,7 +244,8 @@ def test_config_json_roundtrip_and_profile_defaults(tmp_path):
     course = TrainConfig.for_profile(profile("course", False))
     assert (course.eval_freq, course.save_freq, course.unet_preset, course.resolution) == (500, 500, "reference", 256)
     demo = TrainConfig.for_profile(profile("demo", False), run_name="x", lr=1e-4)
-    assert demo.unet_preset == "demo" and demo.max_steps <= 600 and demo.lr == 1e-4
+    assert demo.unet_preset == "demo" and demo.max_steps <= 1000 and demo.lr == 1e-4
+    assert demo.prediction_type == "v_prediction" and course.prediction_type == "epsilon"
     assert demo.run_dir == str(tmp_path / "out" / "x")
     smoke = TrainConfig.for_profile(profile("demo", True))
     assert smoke.max_steps <= 10 and smoke.eval_freq <= 5 and smoke.run_dir.endswith("main-smoke")
