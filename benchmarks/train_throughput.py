@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "bf16"))
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--precision", action="store_true", help="compare fp32 vs bf16 autocast (cached data)")
+    ap.add_argument("--note", default=None, help="a line of context for RESULTS.md (e.g. machine load)")
     ap.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     if args.threads:
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         f"checkpoints and sampling off",
         f"- encoders: {encoders}" if not args.precision else "- data: cached latents",
         f"- {args.rounds} alternating rounds x {args.steps - args.warmup} timed steps per side",
+        *([f"- note: {args.note}"] if args.note else []),
         "",
         "| side | samples/s (median) | 25-75 % | min-max | s/step (median) | steps |",
         "|---|---|---|---|---|---|",
