@@ -340,12 +340,12 @@ class FrozenModels:
     def summary(self) -> str:
         te, vae = self.text_encoder, self.vae
         c, h, w = self.latent_shape
+        vae_name = self.profile.vae + (f"/{self.profile.vae_subfolder}" if self.profile.vae_subfolder else "")
         return (f"text encoder: {te.model_id} ({te.kind}, {type(te.model).__name__}, "
                 f"{parameter_count(te.model) / 1e6:.1f} M params, hidden size {te.hidden_size}, "
                 f"{te.max_length} tokens)\n"
-                f"VAE:          {self.profile.vae}{'/' + self.profile.vae_subfolder if self.profile.vae_subfolder else ''}"
-                f" ({parameter_count(vae) / 1e6:.1f} M params, {self.profile.resolution} px -> {c}x{h}x{w} latents, "
-                f"scaling_factor {self.scaling_factor:.5g})")
+                f"VAE:          {vae_name} ({parameter_count(vae) / 1e6:.1f} M params, "
+                f"{self.profile.resolution} px -> {c}x{h}x{w} latents, scaling_factor {self.scaling_factor:.5g})")
 
 
 def load_frozen_models(profile) -> FrozenModels:

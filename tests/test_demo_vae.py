@@ -87,14 +87,14 @@ def test_ensure_demo_vae_trains_once_then_reuses(tmp_path, monkeypatch):
 
     def counting_train(*args, **kwargs):
         calls.append(kwargs)
-        return real_train(*args, **{**kwargs, "num_threads": 1})
+        return real_train(*args, **kwargs)
 
     monkeypatch.setattr(demo_vae, "train_demo_vae", counting_train)
     path = demo_vae.ensure_demo_vae(data, smoke=True, progress=False)
     assert path == data / "vae" and len(calls) == 1 and calls[0]["steps"] == demo_vae.SMOKE_STEPS
+    assert calls[0]["num_threads"] == 1
     vae = load_vae(path)
-    assert vae.config.block_out_channels == tuple(demo_vae.DEMO_VAE_CONFIG["block_out_channels"]) or \
-        list(vae.config.block_out_channels) == list(demo_vae.DEMO_VAE_CONFIG["block_out_channels"])
+    assert list(vae.config.block_out_channels) == list(demo_vae.DEMO_VAE_CONFIG["block_out_channels"])
     with torch.no_grad():
         latents = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
     assert latents.shape == (1, 4, 16, 16)  # 64 px -> 16x16x4
@@ -107,3 +107,17 @@ def test_ensure_demo_vae_trains_once_then_reuses(tmp_path, monkeypatch):
     info.write_text(info.read_text() + "\n")
     demo_vae.ensure_demo_vae(data, smoke=True, progress=False)
     assert len(calls) == 2
+
+
+def test_load_frozen_models_demo_profile(tmp_path):
+    """The demo profile end to end: the packaged MiniLM text encoder + the demo VAE trained on first use."""
+    from helpers.frozen import load_frozen_models
+    from helpers.profiles import resolve_profile
+
+    profile = resolve_profile("demo", smoke=True, data_dir=tmp_path / "demo-smoke", outputs_dir=tmp_path / "out",
+                              device="cpu", verbose=False)
+    fm = load_frozen_models(profile)
+    assert (profile.data_dir / "vae" / "training_report.json").exists()
+    assert fm.text_encoder.kind == "bert" and fm.cross_attention_dim == 384
+    assert fm.latent_shape == (4, 16, 16)
+    assert fm.text_encoder.encode([""]).shape == (1, 77, 384)
