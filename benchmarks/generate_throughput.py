@@ -7,19 +7,19 @@
 
 Same UNet (a freshly initialised preset of ``helpers.unet``: throughput does not depend on the weights), same
 DDIM scheduler and steps, random text embeddings (the text encoder runs once per prompt in both and is left out).
-On CUDA both run under bf16 autocast. One timed run each, after a short warm-up. Prints the numbers and appends
-them, with the command and the machine, to ``benchmarks/RESULTS.md``.
+On CUDA both run under bf16 autocast. After a short warm-up the two sides alternate ``--rounds`` times (each
+round generates all the prompts); the median images/s of each side, its spread and the ratio of the medians go,
+with the command and the machine, into this script's section of ``benchmarks/RESULTS.md``.
 
     python benchmarks/generate_throughput.py                        # 64 prompts, 50 steps, preset by device
-    python benchmarks/generate_throughput.py --preset demo --prompts 8 --steps 5 --no-record   # a quick check
+    python benchmarks/generate_throughput.py --preset demo --prompts 8 --steps 5 --rounds 1 --no-record   # a quick check
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import datetime as dt
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +32,9 @@ sys.path.insert(0, str(REPO))
 from helpers.sampling import _autocast, initial_noise, sample_latents  # noqa: E402
 from helpers.schedule import default_scheduler_config, sampling_scheduler  # noqa: E402
 from helpers.unet import build_unet  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from results import RESULTS, machine, spread, write_section  # noqa: E402
 
 # preset -> (cross_attention_dim, latent side): the course (CLIP 512, 256 px / 8) and the demo (MiniLM 384, 64 px / 4)
 PRESET_SHAPES = {"reference": (512, 32), "demo": (384, 16), "tiny": (384, 16)}
@@ -62,21 +65,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    return text
-
-
+@torch.inference_mode()
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", choices=sorted(PRESET_SHAPES), default=None,
@@ -85,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=16, help="images per batched UNet call (x2 with guidance)")
     ap.add_argument("--guidance-scale", type=float, default=7.5)
+    ap.add_argument("--rounds", type=int, default=3, help="alternations of the two sides (each all the prompts)")
     ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--no-record", action="store_true", help="print only, do not append to RESULTS.md")
+    ap.add_argument("--note", default=None, help="a line of context for RESULTS.md (e.g. machine load)")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--no-record", action="store_true", help="print only, do not write RESULTS.md")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -100,51 +91,64 @@ def main(argv: list[str] | None = None) -> int:
     uncond = torch.randn(1, 77, cross, generator=g)
     seeds = list(range(args.prompts))
     config = default_scheduler_config()
-    kw = dict(guidance_scale=args.guidance_scale)
+    kw = dict(guidance_scale=args.guidance_scale, steps=args.steps)
+
+    def batched() -> torch.Tensor:
+        return sample_latents(unet, sampling_scheduler("ddim", config), cond, uncond, seeds,
+                              batch_size=args.batch_size, progress=False, **kw)
+
+    def single() -> torch.Tensor:
+        return one_at_a_time(unet, sampling_scheduler("ddim", config), cond, uncond, seeds,
+                             latent_shape=latent_shape, **kw)
 
     # warm-up (kernels, allocator), not timed
     sample_latents(unet, sampling_scheduler("ddim", config), cond[:2], uncond, seeds[:2], steps=2, progress=False,
-                   batch_size=min(2, args.batch_size), **kw)
+                   batch_size=min(2, args.batch_size), guidance_scale=args.guidance_scale)
     one_at_a_time(unet, sampling_scheduler("ddim", config), cond[:1], uncond, seeds[:1], steps=2,
-                  latent_shape=latent_shape, **kw)
+                  latent_shape=latent_shape, guidance_scale=args.guidance_scale)
 
-    _sync(device)
-    start = time.perf_counter()
-    batched = sample_latents(unet, sampling_scheduler("ddim", config), cond, uncond, seeds, steps=args.steps,
-                             batch_size=args.batch_size, progress=False, **kw)
-    _sync(device)
-    t_batched = time.perf_counter() - start
+    rates: dict[str, list[float]] = {"batched": [], "single": []}
+    outputs: dict[str, torch.Tensor] = {}
+    for r in range(args.rounds):  # alternate the sides, so a change of machine load hits both
+        for name, fn in (("batched", batched), ("single", single)) if r % 2 == 0 else (("single", single),
+                                                                                        ("batched", batched)):
+            _sync(device)
+            start = time.perf_counter()
+            outputs[name] = fn()
+            _sync(device)
+            rates[name].append(args.prompts / (time.perf_counter() - start))
+            print(f"round {r + 1}/{args.rounds} {name}: {rates[name][-1]:.3f} images/s", flush=True)
 
-    start = time.perf_counter()
-    single = one_at_a_time(unet, sampling_scheduler("ddim", config), cond, uncond, seeds, steps=args.steps,
-                           latent_shape=latent_shape, **kw)
-    _sync(device)
-    t_single = time.perf_counter() - start
-
-    agree = (batched.float() - single.float()).abs().max().item()
-    ips_b, ips_s = args.prompts / t_batched, args.prompts / t_single
+    agree = (outputs["batched"].float() - outputs["single"].float()).abs().max().item()
+    b, s1 = spread(rates["batched"]), spread(rates["single"])
     n_params = sum(p.numel() for p in unet.parameters()) / 1e6
-    command = " ".join(["python benchmarks/generate_throughput.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "benchmarks/generate_throughput.py", *(argv if argv is not None else sys.argv[1:])])
+    row = "| {} | {:.3f} | {:.3f}-{:.3f} | {:.3f}-{:.3f} | {} |"
     lines = [
-        f"### generate_throughput - {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        f"## Generation throughput: batched CFG vs one image at a time ({device.type})",
+        "",
         f"- command: `{command}`",
         f"- machine: {machine()}, device {device}{' (bf16 autocast)' if device.type == 'cuda' else ' (fp32)'}",
+        f"- date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- UNet preset `{preset}` ({n_params:.1f} M params, latents {tuple(latent_shape)}, cross-attention {cross}), "
-        f"DDIM {args.steps} steps, guidance {args.guidance_scale}, {args.prompts} prompts",
-        f"- batched CFG (one UNet call of 2x{args.batch_size} per step): {t_batched:.1f} s, **{ips_b:.3f} images/s**",
-        f"- one image at a time, two UNet calls per step (course sample code): {t_single:.1f} s, "
-        f"**{ips_s:.3f} images/s**",
-        f"- speed-up: **{ips_b / ips_s:.2f}x** (max |latent difference| between the two: {agree:.2e})",
+        f"DDIM {args.steps} steps, guidance {args.guidance_scale}, {args.prompts} prompts per round and side",
+        f"- batched: `helpers.sampling.sample_latents`, one UNet call of 2x{args.batch_size} per step; one at a time: "
+        "the course sample code's loop, two UNet calls of batch 1 per step",
+        f"- {args.rounds} alternating rounds; max |latent difference| between the two sides: {agree:.2e}",
+        *([f"- note: {args.note}"] if args.note else []),
         "",
+        "| side | images/s (median) | 25-75 % | min-max | rounds |",
+        "|---|---|---|---|---|",
+        row.format("batched", b["median"], b["q1"], b["q3"], b["min"], b["max"], b["n"]),
+        row.format("one at a time", s1["median"], s1["q1"], s1["q3"], s1["min"], s1["max"], s1["n"]),
+        "",
+        f"**batched / one at a time = {b['median'] / s1['median']:.2f}x** (ratio of the median images/s)",
     ]
     text = "\n".join(lines)
     print(text)
     if not args.no_record:
-        if not args.results.exists():
-            args.results.write_text("# Benchmark results\n\nAppended by the scripts in benchmarks/ (one run each).\n\n")
-        with args.results.open("a", encoding="utf-8") as f:
-            f.write(text + "\n")
-        print(f"appended to {args.results}")
+        write_section(f"generate_throughput:{device.type}", text, args.results)
+        print(f"written to {args.results}")
     return 0
 
 

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -56,7 +54,9 @@ from helpers import checkpoints  # noqa: E402
 from helpers.cache import LatentCache  # noqa: E402
 from helpers.train import TrainConfig, TrainEvent, train  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from results import RESULTS, machine, spread, write_section  # noqa: E402
+
 CAPTION_WORDS = ("red blue green yellow purple orange slime golem ghost bird spider mushroom dragon bat with horns "
                  "wings crown sword shield spots the monster is standing still walking attacking jumping hurt").split()
 
@@ -167,37 +167,12 @@ def timed_run(config: TrainConfig, source, warmup: int) -> list[float]:
 
 
 def summarize(per_step: list[float], global_batch: int) -> dict:
-    rates = sorted(global_batch / s for s in per_step)
-    q = statistics.quantiles(rates, n=4) if len(rates) >= 2 else [rates[0]] * 3
-    return {"median": statistics.median(rates), "q1": q[0], "q3": q[2], "min": rates[0], "max": rates[-1],
-            "n": len(rates), "s_per_step": statistics.median(per_step)}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-            f"{gpu}, Python {platform.python_version()}, {platform.system()}")
+    return {**spread([global_batch / s for s in per_step]), "s_per_step": statistics.median(per_step)}
 
 
 def write_results(section: str, key: str) -> None:
-    """Replace this script's ``key`` section of RESULTS.md (between its markers); keep everything else."""
-    begin, end = f"<!-- train_throughput:{key}:begin -->", f"<!-- train_throughput:{key}:end -->"
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{begin}\n{section.rstrip()}\n{end}\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip() + "\n\n" + block
-    RESULTS.write_text(text, encoding="utf-8")
+    """Replace this script's ``key`` section of RESULTS.md; keep everything else."""
+    write_section(f"train_throughput:{key}", section, RESULTS)
 
 
 def fmt(s: dict) -> str:

@@ -38,6 +38,8 @@ from typing import Any, Iterator
 
 import torch
 
+from .paths import atomic_folder
+
 __all__ = [
     "save_unet", "save_state", "load_state", "list_checkpoints", "latest_state", "latest_unet", "prune",
     "clean_incomplete", "read_meta", "ema_weights", "is_complete", "CheckpointError", "MARKER_NAME",
@@ -199,26 +201,9 @@ def _atomic_folder(final: Path, overwrite: bool) -> Iterator[Path]:
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists; checkpoints are never overwritten silently "
                               "(pass overwrite=True to replace it, or use another step / run_name).")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    # a crash that skips the clean-up leaves a .tmp- folder: list_checkpoints ignores it, clean_incomplete removes it
+    with atomic_folder(final, replace=overwrite, tmp_prefix=f"{TMP_PREFIX}{final.name}-") as tmp:
         yield tmp
-        old = None
-        if final.exists():
-            if not overwrite:
-                raise FileExistsError(f"{final} appeared while it was being written; not overwriting it.")
-            old = final.with_name(f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}")
-            os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except OSError as err:
-            raise FileExistsError(f"Cannot move {tmp.name} to {final}: {err}") from err
-        if old is not None:
-            _remove_tree(old)
-    except BaseException:
-        _remove_tree(tmp)  # a crash that skips this leaves a .tmp- folder: clean_incomplete() removes it
-        raise
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -268,7 +253,7 @@ def save_unet(run_dir: str | os.PathLike, step: int, unet, *, scheduler_config: 
     Holds ``unet.save_pretrained(..., safe_serialization=True)`` (config.json + diffusion_pytorch_model.safetensors:
     ``UNet2DConditionModel.from_pretrained(folder)`` loads it), ``scheduler_config.json`` when ``scheduler_config``
     is given (diffusers format, via :func:`helpers.schedule.save_scheduler_config`) and ``workbook.json`` =
-    ``meta`` + ``{"step": step}`` (see CONTRACTS: ema, profile, text_encoder, vae, vae_subfolder, resolution,
+    ``meta`` + ``{"step": step}`` (the training loop writes: ema, profile, text_encoder, vae, vae_subfolder, resolution,
     run_name). ``ema``: an EMAModel whose weights are written instead of the live ones (``meta["ema"]`` becomes
     True; the live weights are restored exactly). Raises FileExistsError if the folder exists, unless
     ``overwrite=True``.

@@ -18,7 +18,6 @@ import math
 import os
 import platform
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +25,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from .paths import atomic_folder
 
 DEMO_VAE_VERSION = 1  # bump when the recipe changes: ensure_demo_vae then retrains
 
@@ -301,23 +302,9 @@ def train_demo_vae(data_dir: str | Path, out_dir: str | Path, *, steps: int = DE
 
 
 def _save_atomic(vae, report: dict, out_dir: Path, overwrite: bool) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{time.time_ns()}"
-    try:
+    with atomic_folder(out_dir, replace=overwrite) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-        if out_dir.exists():
-            if not overwrite:
-                raise FileExistsError(f"{out_dir} appeared while training; not overwriting it.")
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{time.time_ns()}"
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_report(vae_dir: str | Path) -> dict | None:

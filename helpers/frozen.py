@@ -1,7 +1,7 @@
 """Frozen pretrained encoders: the text encoder (CLIP or BERT-like) and the VAE (``AutoencoderKL``).
 
 Both load with the normal ``from_pretrained`` code path from a hub id (through the HF cache) or a local folder, and
-come back frozen (``eval()``, ``requires_grad_(False)``). Conventions (see CONTRACTS.md):
+come back frozen (``eval()``, ``requires_grad_(False)``). Conventions (as in ``helpers``):
 
 - text embeddings: ``[N, 77, D]`` float32 last hidden state, ``padding="max_length", max_length=77,
   truncation=True``; the unconditional embedding is the encoding of ``""``;

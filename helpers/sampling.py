@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .paths import atomic_folder
 from .schedule import SAMPLER_NAMES, sampling_scheduler, scheduler_config_or_course_default
 
 __all__ = ["sample_latents", "decode_to_pil", "initial_noise", "TextToImage", "list_unet_checkpoints",
@@ -508,8 +509,6 @@ def export_pipeline(checkpoint_folder: str | Path, frozen, out_dir: str | Path, 
     77-token tokenizer, so the pipeline computes the same embeddings as the workbook (see the README.md it writes).
     Written to a temporary folder, then renamed; an existing non-empty ``out_dir`` needs ``overwrite=True``.
     """
-    import shutil
-    import tempfile
 
     with _quiet():
         from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -527,9 +526,7 @@ def export_pipeline(checkpoint_folder: str | Path, frozen, out_dir: str | Path, 
         vae=frozen.vae, text_encoder=te.model, tokenizer=te.tokenizer, unet=tti.unet,
         scheduler=DDIMScheduler.from_config(tti.scheduler_config), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir, replace=True) as tmp:
         with _quiet():
             pipe.save_pretrained(tmp, safe_serialization=True)
         # the tokenizer pads/truncates to 77 tokens as the workbook's TextEncoder does
@@ -546,10 +543,4 @@ def export_pipeline(checkpoint_folder: str | Path, frozen, out_dir: str | Path, 
             checkpoint=tti.checkpoint, text_encoder=te.model_id, kind=kind,
             vae=getattr(getattr(frozen, "profile", None), "vae", "?"), out_dir=out_dir,
             note=_BERT_NOTE if kind == "bert" else ""), encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

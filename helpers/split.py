@@ -21,11 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from .paths import atomic_folder
 
 __all__ = ["HeldOutSplit", "holdout_split", "load_split", "choose_heldout_keys", "split_status"]
 
@@ -122,9 +122,7 @@ def holdout_split(train_set, *, out_dir: str | Path, resolution: int, fraction: 
             warnings.warn(f"{out_dir}: rebuilding the held-out split (its data, seed, fraction or resolution changed, "
                           "or it was incomplete); a run trained with the old split may have seen the new held-out "
                           "keys", stacklevel=2)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-        try:
+        with atomic_folder(out_dir, replace=True) as tmp:
             (tmp / "reference").mkdir()
             prompts, refs, used = {}, {}, set()
             for key in heldout:
@@ -144,12 +142,6 @@ def holdout_split(train_set, *, out_dir: str | Path, resolution: int, fraction: 
             (tmp / "test.json").write_text(json.dumps(prompts, indent=1, ensure_ascii=False), encoding="utf-8")
             (tmp / "reference_map.json").write_text(json.dumps(refs, indent=1), encoding="utf-8")
             (tmp / "split.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            tmp.rename(out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     split = load_split(out_dir)
     split.train_set = train_set.without_keys(heldout)
     split.train_keys = sorted(set(by_key) - set(heldout))

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -24,6 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 from PIL import Image
+
+from .paths import atomic_folder
 
 __all__ = ["seed_for", "export_submission", "generate_folder", "regenerate_one", "verify_submission",
            "SubmissionReport", "zip_submission", "contact_sheet", "read_prompts"]
@@ -94,10 +94,8 @@ def generate_folder(tti, items: Sequence[tuple[str, str, int]], out_dir: str | P
     """
     out_dir = Path(out_dir)
     _check_target(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     resized = 0
-    try:
+    with atomic_folder(out_dir, replace=True) as tmp:
         images = tti.generate([t for _, t, _ in items], [s for _, _, s in items], guidance_scale=guidance_scale,
                               steps=steps, scheduler=scheduler, batch_size=batch_size, progress=progress)
         if len(images) != len(items):
@@ -108,12 +106,6 @@ def generate_folder(tti, items: Sequence[tuple[str, str, int]], out_dir: str | P
                 img = img.resize((size, size), Image.LANCZOS)
                 resized += 1
             img.save(tmp / name, format="PNG")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if resized:
         warnings.warn(f"{resized} generated image(s) were not {size}x{size} and were resized (Lanczos)", stacklevel=3)
     return out_dir, resized

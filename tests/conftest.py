@@ -256,7 +256,7 @@ def make_frozen(text_dir, vae_dir, resolution: int = 16):
 
 
 def save_checkpoint(run_dir, step, unet, *, prediction_type="epsilon", text_encoder=None):
-    """Write ``run_dir/ckpt/unet_<step>/`` as the training loop does (CONTRACTS.md): UNet, schedule, workbook.json."""
+    """Write ``run_dir/ckpt/unet_<step>/`` as the training loop does: UNet, schedule, workbook.json."""
     from helpers.schedule import default_scheduler_config, save_scheduler_config
 
     folder = Path(run_dir) / "ckpt" / f"unet_{step}"
