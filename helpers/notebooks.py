@@ -2,11 +2,13 @@
 
     python -m helpers.notebooks                      # all chapters, profile auto, into outputs/executed/
     python -m helpers.notebooks --smoke --profile demo --data-dir /tmp/d --outputs-dir /tmp/o 01 02
+    python -m helpers.notebooks --profile course --text-encoder ~/models/clip --vae ~/models/sd-v1-4 -p guidance_scale=3
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -60,10 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir")
     ap.add_argument("--outputs-dir")
     ap.add_argument("--run-name", default="main")
+    ap.add_argument("--text-encoder", help="a hub id or local folder instead of the profile's text encoder")
+    ap.add_argument("--vae", help="a hub id or local folder instead of the profile's VAE (an SD folder: its vae/)")
     ap.add_argument("--executed-dir", help="where executed copies go (default outputs/executed)")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="another notebook parameter (VALUE as JSON, else a string), e.g. -p guidance_scale=3")
     args = ap.parse_args(argv)
     params = {"profile": args.profile, "smoke": args.smoke, "data_dir": args.data_dir,
-              "outputs_dir": args.outputs_dir, "run_name": args.run_name}
+              "outputs_dir": args.outputs_dir, "run_name": args.run_name, "text_encoder": args.text_encoder,
+              "vae": args.vae}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            ap.error(f"-p takes NAME=VALUE, not {item!r}")
+        try:
+            params[name] = json.loads(value)
+        except ValueError:
+            params[name] = value
     executed = Path(args.executed_dir) if args.executed_dir else Path(args.outputs_dir or outputs_root()) / "executed"
     start = time.perf_counter()
     records = execute_notebooks(chapter_notebooks(args.chapters), executed, params)

@@ -7,7 +7,9 @@
 - ``auto`` (default): ``course`` when its data and models are there, else ``demo``, and the banner says why.
 
 ``smoke=True`` shrinks steps and sizes so every notebook runs in seconds (tests use it).
-Environment variables ``WORKBOOK_PROFILE`` and ``WORKBOOK_SMOKE`` override the defaults of headless runs.
+``text_encoder`` / ``vae`` replace the profile's models with a hub id or a local folder (e.g. copies of the course
+models on a machine without network). Environment variables ``WORKBOOK_PROFILE``, ``WORKBOOK_SMOKE``,
+``WORKBOOK_TEXT_ENCODER`` and ``WORKBOOK_VAE`` set the defaults of headless runs.
 """
 
 from __future__ import annotations
@@ -113,6 +115,25 @@ def course_models_problem(text_encoder: str = COURSE_TEXT_ENCODER, vae: str = CO
     return model_problem(text_encoder) or model_problem(vae, vae_subfolder)
 
 
+def vae_location(vae: str) -> tuple[str, str | None]:
+    """``(model, subfolder)`` for a VAE named by a hub id or a local folder.
+
+    - a local folder that holds the VAE's ``config.json``: no subfolder; one that holds ``vae/config.json`` (a whole
+      Stable Diffusion folder): ``"vae"``;
+    - ``owner/name/sub``: the hub repo ``owner/name``, subfolder ``sub``;
+    - the course's ``CompVis/stable-diffusion-v1-4``: subfolder ``"vae"``; any other ``owner/name``: none.
+    """
+    path = Path(vae).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists() and (path / COURSE_VAE_SUBFOLDER / "config.json").exists():
+            return str(path), COURSE_VAE_SUBFOLDER
+        return str(path), None
+    parts = vae.strip("/").split("/")
+    if len(parts) > 2 and not path.is_absolute() and not vae.startswith((".", "~")):
+        return "/".join(parts[:2]), "/".join(parts[2:])
+    return vae, (COURSE_VAE_SUBFOLDER if vae == COURSE_VAE else None)
+
+
 def _env_flag(name: str) -> bool | None:
     value = os.environ.get(name)
     if value is None or value == "":
@@ -122,12 +143,16 @@ def _env_flag(name: str) -> bool | None:
 
 def resolve_profile(profile: str | None = None, smoke: bool | None = None, data_dir: str | Path | None = None,
                     outputs_dir: str | Path | None = None, device: str | None = None,
-                    verbose: bool = True) -> Profile:
+                    verbose: bool = True, *, text_encoder: str | Path | None = None,
+                    vae: str | Path | None = None) -> Profile:
     """Pick the profile every notebook runs with, and print a banner that says which and why.
 
     ``profile``: "auto" (default), "course" or "demo". ``data_dir``: the course-format data folder (default
     ``data/hw6`` for course, ``data/demo`` for demo, ``data/demo-smoke`` for a smoke demo). In the demo profile the
     generated data set is made on first use (seconds). ``course`` fails with a message that says what is missing.
+    ``text_encoder`` / ``vae`` (default: ``WORKBOOK_TEXT_ENCODER`` / ``WORKBOOK_VAE``, else the profile's own):
+    another text encoder (CLIP or BERT-like; the UNet's cross-attention follows its width) or VAE (see
+    :func:`vae_location`), as a hub id or a local folder.
     """
     profile = (profile or os.environ.get("WORKBOOK_PROFILE") or "auto").lower()
     if smoke is None:
@@ -136,16 +161,20 @@ def resolve_profile(profile: str | None = None, smoke: bool | None = None, data_
         raise ValueError(f"profile must be 'auto', 'course' or 'demo', not {profile!r}")
     outputs = Path(outputs_dir) if outputs_dir else outputs_root()
     device = device or default_device()
+    text_encoder = str(text_encoder or os.environ.get("WORKBOOK_TEXT_ENCODER") or "") or None
+    vae = str(vae or os.environ.get("WORKBOOK_VAE") or "") or None
+    vae_model, vae_subfolder = vae_location(vae) if vae else (COURSE_VAE, COURSE_VAE_SUBFOLDER)
 
     if profile in ("auto", "course"):
         course_dir = Path(data_dir) if data_dir else data_root() / "hw6"
-        problem = course_data_problem(course_dir) or course_models_problem()
+        problem = course_data_problem(course_dir) or course_models_problem(
+            text_encoder or COURSE_TEXT_ENCODER, vae_model, vae_subfolder)
         if problem is None:
             chosen = Profile(
                 name="course", smoke=smoke,
                 reason="course data found and course models load" if profile == "auto" else "asked for",
                 data_dir=course_dir, outputs_dir=outputs, resolution=256,
-                text_encoder=COURSE_TEXT_ENCODER, vae=COURSE_VAE, vae_subfolder=COURSE_VAE_SUBFOLDER,
+                text_encoder=text_encoder or COURSE_TEXT_ENCODER, vae=vae_model, vae_subfolder=vae_subfolder,
                 unet_preset="tiny" if smoke else "reference", device=device)
             if verbose:
                 print(chosen.banner())
@@ -163,8 +192,8 @@ def resolve_profile(profile: str | None = None, smoke: bool | None = None, data_
     demo_dir = Path(data_dir) if data_dir else data_root() / ("demo-smoke" if smoke else "demo")
     chosen = Profile(
         name="demo", smoke=smoke, reason=reason, data_dir=demo_dir, outputs_dir=outputs, resolution=64,
-        text_encoder=demo_text_encoder_path(), vae=str(demo_dir / "vae"), vae_subfolder=None,
-        unet_preset="tiny" if smoke else "demo", device=device)
+        text_encoder=text_encoder or demo_text_encoder_path(), vae=vae_model if vae else str(demo_dir / "vae"),
+        vae_subfolder=vae_subfolder if vae else None, unet_preset="tiny" if smoke else "demo", device=device)
     from .demo_data import ensure_demo_dataset
 
     ensure_demo_dataset(chosen.data_dir, smoke=smoke)

@@ -280,3 +280,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- the course profile with local tiny models ---------------------------------------------------------------------
+def build_tiny_sd_folder(root: Path) -> Path:
+    """A Stable-Diffusion-like model folder: a tiny AutoencoderKL in ``root/vae/`` with SD's 8x downsampling
+    (256 px -> 32x32x4 latents, scaling_factor 0.18215) and a ``model_index.json``, like CompVis/stable-diffusion-v1-4."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=256, scaling_factor=0.18215,
+    ).save_pretrained(root / "vae")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                        "vae": ["diffusers", "AutoencoderKL"]}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> Path:
+    """A local Stable-Diffusion-like folder whose ``vae/`` downsamples 8x, as the course VAE does."""
+    return build_tiny_sd_folder(tmp_path_factory.mktemp("tiny-sd8"))
