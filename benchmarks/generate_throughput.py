@@ -18,8 +18,8 @@ with the command and the machine, into this script's section of ``benchmarks/RES
 from __future__ import annotations
 
 import argparse
-import shlex
 import datetime as dt
+import shlex
 import sys
 import time
 from pathlib import Path

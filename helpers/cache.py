@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from .paths import atomic_folder
 
 if TYPE_CHECKING:
     from .data import Example, TrainSet
@@ -186,15 +187,11 @@ def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, 
         "keys": [ex.key for ex in train_set.examples], "image_names": [ex.path.name for ex in train_set.examples],
         "captions": captions, "empty_index": index[""],
     }
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(latents, str(tmp / "latents.safetensors"))
-    save_file({"text_emb": text_emb.contiguous(), "caption_ids": caption_ids}, str(tmp / "text.safetensors"))
-    (tmp / "index.json").write_text(json.dumps(meta))
-    (tmp / COMPLETE).write_text(json.dumps({"n_images": len(paths), "n_captions": len(captions)}))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with atomic_folder(folder, replace=True) as tmp:
+        save_file(latents, str(tmp / "latents.safetensors"))
+        save_file({"text_emb": text_emb.contiguous(), "caption_ids": caption_ids}, str(tmp / "text.safetensors"))
+        (tmp / "index.json").write_text(json.dumps(meta))
+        (tmp / COMPLETE).write_text(json.dumps({"n_images": len(paths), "n_captions": len(captions)}))
     print(f"Cached {len(paths)} images (+ flips) and {len(captions)} captions in {folder}")
     return folder
 

@@ -46,7 +46,12 @@ def atomic_folder(final: str | Path, *, replace: bool = False, tmp_prefix: str |
                 raise FileExistsError(f"{final} appeared while it was being written; not replacing it.")
             old = final.with_name(f"{prefix}old-{uuid.uuid4().hex[:8]}")
             os.replace(final, old)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError as err:
+            if final.exists():  # another writer got there between the check and the rename
+                raise FileExistsError(f"{final} appeared while it was being written; not replacing it.") from err
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

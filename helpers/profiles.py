@@ -161,12 +161,12 @@ def resolve_profile(profile: str | None = None, smoke: bool | None = None, data_
         raise ValueError(f"profile must be 'auto', 'course' or 'demo', not {profile!r}")
     outputs = Path(outputs_dir) if outputs_dir else outputs_root()
     device = device or default_device()
-    text_encoder = str(text_encoder or os.environ.get("WORKBOOK_TEXT_ENCODER") or "") or None
-    vae = str(vae or os.environ.get("WORKBOOK_VAE") or "") or None
-    vae_model, vae_subfolder = vae_location(vae) if vae else (COURSE_VAE, COURSE_VAE_SUBFOLDER)
+    text_encoder = str(text_encoder) if text_encoder else os.environ.get("WORKBOOK_TEXT_ENCODER") or None
+    vae = str(vae) if vae else os.environ.get("WORKBOOK_VAE") or None
 
     if profile in ("auto", "course"):
         course_dir = Path(data_dir) if data_dir else data_root() / "hw6"
+        vae_model, vae_subfolder = vae_location(vae or COURSE_VAE)
         problem = course_data_problem(course_dir) or course_models_problem(
             text_encoder or COURSE_TEXT_ENCODER, vae_model, vae_subfolder)
         if problem is None:
@@ -190,10 +190,11 @@ def resolve_profile(profile: str | None = None, smoke: bool | None = None, data_
         reason = "asked for"
 
     demo_dir = Path(data_dir) if data_dir else data_root() / ("demo-smoke" if smoke else "demo")
+    vae_model, vae_subfolder = vae_location(vae) if vae else (str(demo_dir / "vae"), None)
     chosen = Profile(
         name="demo", smoke=smoke, reason=reason, data_dir=demo_dir, outputs_dir=outputs, resolution=64,
-        text_encoder=text_encoder or demo_text_encoder_path(), vae=vae_model if vae else str(demo_dir / "vae"),
-        vae_subfolder=vae_subfolder if vae else None, unet_preset="tiny" if smoke else "demo", device=device)
+        text_encoder=text_encoder or demo_text_encoder_path(), vae=vae_model, vae_subfolder=vae_subfolder,
+        unet_preset="tiny" if smoke else "demo", device=device)
     from .demo_data import ensure_demo_dataset
 
     ensure_demo_dataset(chosen.data_dir, smoke=smoke)

@@ -509,7 +509,6 @@ def export_pipeline(checkpoint_folder: str | Path, frozen, out_dir: str | Path, 
     77-token tokenizer, so the pipeline computes the same embeddings as the workbook (see the README.md it writes).
     Written to a temporary folder, then renamed; an existing non-empty ``out_dir`` needs ``overwrite=True``.
     """
-
     with _quiet():
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 

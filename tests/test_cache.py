@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import save_file as real_save_file
@@ -108,12 +110,13 @@ def test_interrupted_build_leaves_no_cache_that_looks_complete(setup, monkeypatc
         return real_save_file(tensors, path, *args, **kwargs)
 
     monkeypatch.setattr(cache_mod, "save_file", failing_save)
+    monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)  # a hard kill: no clean-up runs
     with pytest.raises(KeyboardInterrupt):
         build_cache(train_set, frozen, other)
     leftovers = list((tmp_path / "cache").iterdir())
     assert all(not (p / cache_mod.COMPLETE).exists() for p in leftovers)
     with pytest.raises(FileNotFoundError, match="not a complete latent cache"):
         load_cache(leftovers[0])
-    monkeypatch.setattr(cache_mod, "save_file", real_save_file)
+    monkeypatch.undo()
     folder = build_cache(train_set, frozen, other)
     assert load_cache(folder).n_images == len(train_set.examples)
