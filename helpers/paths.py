@@ -1,4 +1,4 @@
-"""Where things live (the repository root, data/ and outputs/) and how a folder is written atomically."""
+"""Where things live (the repository root, data/ and outputs/) and how a file or a folder is written atomically."""
 
 from __future__ import annotations
 
@@ -57,3 +57,24 @@ def atomic_folder(final: str | Path, *, replace: bool = False, tmp_prefix: str |
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_write(path: str | Path, data: str | bytes, *, encoding: str = "utf-8") -> Path:
+    """Write ``data`` (text or bytes) to ``path`` all at once: a temporary sibling file, then ``os.replace``.
+
+    Readers see the old file or the new one, never half of one; a failed write leaves ``path`` as it was. The
+    temporary name is unique (pid + random), so two writers never share it. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding=encoding)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

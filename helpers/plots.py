@@ -23,6 +23,19 @@ from PIL import Image, ImageDraw, ImageFont
 WHITE = (255, 255, 255)
 
 
+def evenly_spaced(items: Sequence[Any], k: int = 4) -> list[Any]:
+    """At most ``k`` items of ``items``, evenly spread, always with the first and the last (e.g. which sample grids
+    or checkpoints of a run to show): ``evenly_spaced(range(10), 4) == [0, 3, 6, 9]``."""
+    items = list(items)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, not {k}")
+    if len(items) <= k:
+        return items
+    if k == 1:
+        return [items[-1]]
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
+
+
 def to_pil(image: Any, background: tuple[int, int, int] = WHITE) -> Image.Image:
     """One image as an RGB PIL image.
 

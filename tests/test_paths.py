@@ -45,3 +45,31 @@ def test_an_existing_folder_is_replaced_only_when_asked(tmp_path):
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]  # no temporary or old folder left
     assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temporary(tmp_path):
+    from helpers.paths import atomic_write
+
+    target = tmp_path / "sub" / "config.json"
+    atomic_write(target, "first")
+    atomic_write(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["config.json"]
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
+    import os
+
+    from helpers import paths
+
+    target = tmp_path / "metrics.jsonl"
+    target.write_text("old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(paths.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        paths.atomic_write(target, "new")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["metrics.jsonl"]

@@ -102,3 +102,14 @@ def test_bar_counts_and_histogram():
     assert ax2.get_legend().get_texts()[0].get_text() == "CLIP limit"
     fig.canvas.draw()
     fig2.canvas.draw()
+
+
+def test_evenly_spaced_keeps_first_and_last():
+    from helpers.plots import evenly_spaced
+
+    assert evenly_spaced(range(10), 4) == [0, 3, 6, 9]
+    assert evenly_spaced([5, 6], 4) == [5, 6]
+    assert evenly_spaced(range(5), 4) == [0, 1, 3, 4]
+    assert evenly_spaced(range(7), 1) == [6]
+    with pytest.raises(ValueError):
+        evenly_spaced(range(3), 0)
