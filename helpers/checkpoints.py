@@ -39,9 +39,11 @@ from typing import Any, Iterator
 import torch
 
 from .paths import atomic_folder
+from .schedule import save_scheduler_config
 
 __all__ = [
-    "save_unet", "save_state", "load_state", "list_checkpoints", "latest_state", "latest_unet", "prune",
+    "save_unet", "save_state", "load_state", "list_checkpoints", "latest_state", "latest_unet", "require_checkpoint",
+    "NoCheckpointError", "prune",
     "clean_incomplete", "read_meta", "ema_weights", "is_complete", "CheckpointError", "MARKER_NAME",
 ]
 
@@ -268,21 +270,9 @@ def save_unet(run_dir: str | os.PathLike, step: int, unet, *, scheduler_config: 
         with ema_weights(unet, ema):
             unet.save_pretrained(tmp, safe_serialization=True)
         if scheduler_config is not None:
-            _write_scheduler_config(dict(scheduler_config), tmp)
+            save_scheduler_config(dict(scheduler_config), tmp)
         _write_json(tmp / META_NAME, info)
     return final
-
-
-def _write_scheduler_config(config: dict, folder: Path) -> None:
-    try:
-        from .schedule import save_scheduler_config
-    except ImportError:  # pragma: no cover - helpers.schedule is part of the package
-        import diffusers
-
-        cls = getattr(diffusers, str(config.get("_class_name", "DDPMScheduler")), diffusers.DDPMScheduler)
-        cls.from_config(config).save_config(folder)
-        return
-    save_scheduler_config(config, folder)
 
 
 def read_meta(unet_dir: str | os.PathLike) -> dict:
@@ -484,6 +474,27 @@ def latest_unet(run_dir: str | os.PathLike) -> Path | None:
     """The newest complete ``unet_<step>`` folder, or None."""
     found = list_checkpoints(run_dir, "unet")
     return found[-1][1] if found else None
+
+
+class NoCheckpointError(FileNotFoundError):
+    """The run has no UNet checkpoint yet. In a notebook it shows only its message (no traceback) and stops the
+    run of the following cells, as any error does."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [str(self)]
+
+
+def require_checkpoint(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = "latest") -> Path:
+    """The UNet checkpoint to use: ``"latest"`` = the newest complete ``ckpt/unet_<step>/`` of ``run_dir``, or the
+    folder given. Raises :class:`NoCheckpointError` ("run notebook 04 first") when the run has none."""
+    if str(checkpoint) != "latest":
+        return Path(checkpoint)
+    found = latest_unet(run_dir)
+    if found is None:
+        raise NoCheckpointError(
+            f"No UNet checkpoint in {_ckpt_dir(run_dir)} yet: run notebook 04 (training) first with the same "
+            "profile, run_name and outputs_dir, or set `checkpoint` to a unet_<step> folder. Stopping here.")
+    return found
 
 
 def prune(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:

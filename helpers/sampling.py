@@ -23,11 +23,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .frozen import _quiet_loading, decode_latents
 from .paths import atomic_folder
 from .schedule import SAMPLER_NAMES, sampling_scheduler, scheduler_config_or_course_default
 
-__all__ = ["sample_latents", "decode_to_pil", "initial_noise", "TextToImage", "list_unet_checkpoints",
-           "latest_unet_checkpoint", "require_checkpoint", "NoCheckpointError", "check_unet_folder",
+__all__ = ["sample_latents", "decode_to_pil", "initial_noise", "TextToImage", "check_unet_folder",
            "export_pipeline", "load_pipeline", "timed_generate", "SAMPLER_NAMES"]
 
 
@@ -137,12 +137,6 @@ def _to_pil(images: torch.Tensor) -> list:
 @torch.inference_mode()
 def decode_to_pil(vae, latents_scaled: torch.Tensor, batch_size: int = 8) -> list:
     """Decode scaled latents to RGB PIL images (``helpers.frozen.decode_latents`` in chunks of ``batch_size``)."""
-    try:
-        from .frozen import decode_latents
-    except ImportError:  # helpers.frozen not there (yet): the same thing, inline
-        def decode_latents(vae, latents):
-            p = next(vae.parameters())
-            return vae.decode(latents.to(p.device, p.dtype) / vae.config.scaling_factor).sample.float()
     images = []
     for start in range(0, latents_scaled.shape[0], max(1, batch_size)):
         images += _to_pil(decode_latents(vae, latents_scaled[start:start + batch_size]))
@@ -161,64 +155,11 @@ def _data_error(message: str):
     return DataError(message)
 
 
-def list_unet_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """``[(step, folder), ...]`` of the complete ``ckpt/unet_<step>/`` folders of a run, sorted by step.
-
-    Uses :func:`helpers.checkpoints.list_checkpoints` when it exists; a folder without weights (an interrupted
-    write) is not listed. ``run_dir`` may also be the ``ckpt/`` folder itself.
-    """
-    run_dir = Path(run_dir)
-    if run_dir.name == "ckpt" and not (run_dir / "ckpt").is_dir():
-        run_dir = run_dir.parent
-    try:
-        from .checkpoints import list_checkpoints
-    except ImportError:
-        list_checkpoints = None
-    if list_checkpoints is not None:
-        return [(int(s), Path(p)) for s, p in list_checkpoints(run_dir, kind="unet")]
-    found = []
-    for folder in (run_dir / "ckpt").glob("unet_*"):
-        step = folder.name[len("unet_"):]
-        if step.isdigit() and folder.is_dir() and (folder / "config.json").is_file() \
-                and any((folder / w).is_file() for w in WEIGHT_NAMES):
-            found.append((int(step), folder))
-    return sorted(found)
-
-
-def latest_unet_checkpoint(run_dir: str | Path) -> Path | None:
-    """The ``ckpt/unet_<step>/`` folder with the largest step, or None when the run has none."""
-    found = list_unet_checkpoints(run_dir)
-    return found[-1][1] if found else None
-
-
-class NoCheckpointError(FileNotFoundError):
-    """The run has no UNet checkpoint yet. In a notebook it shows only its message (no traceback) and stops the
-    run of the following cells, as any error does."""
-
-    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
-        return [str(self)]
-
-
-def require_checkpoint(run_dir: str | Path, checkpoint: str | Path = "latest") -> Path:
-    """The checkpoint to use: ``"latest"`` = the newest ``ckpt/unet_<step>/`` of ``run_dir``, or the folder given.
-
-    Raises :class:`NoCheckpointError` ("run notebook 04 first") when the run has none.
-    """
-    if str(checkpoint) != "latest":
-        return Path(checkpoint)
-    found = latest_unet_checkpoint(run_dir)
-    if found is None:
-        raise NoCheckpointError(
-            f"No UNet checkpoint in {Path(run_dir) / 'ckpt'} yet: run notebook 04 (training) first with the same "
-            "profile, run_name and outputs_dir, or set `checkpoint` to a unet_<step> folder. Stopping here.")
-    return found
-
-
 def _unet_folder(folder: Path) -> tuple[Path, Path]:
     """``(unet folder, folder holding the scheduler config)``; accepts a UNet folder or a diffusers pipeline folder."""
     if not folder.exists():
         raise _data_error(f"{folder} does not exist. Pass a UNet checkpoint folder such as "
-                          "outputs/<run>/ckpt/unet_<step> (helpers.sampling.list_unet_checkpoints lists them).")
+                          "outputs/<run>/ckpt/unet_<step> (helpers.checkpoints.list_checkpoints lists them).")
     if not folder.is_dir():
         raise _data_error(f"{folder} is a file; a UNet checkpoint is a folder (config.json + "
                           "diffusion_pytorch_model.safetensors), e.g. outputs/<run>/ckpt/unet_<step>.")
@@ -452,12 +393,7 @@ def _quiet():
     from contextlib import ExitStack
 
     stack = ExitStack()
-    try:
-        from .frozen import _quiet_loading
-
-        stack.enter_context(_quiet_loading())
-    except ImportError:  # pragma: no cover
-        pass
+    stack.enter_context(_quiet_loading())
     import diffusers.utils.logging as dlog
 
     if dlog.is_progress_bar_enabled():

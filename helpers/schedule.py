@@ -17,6 +17,8 @@ import os
 import warnings
 from pathlib import Path
 
+from .paths import atomic_write
+
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
 #: The training schedule of ``DDPMScheduler()`` with no arguments (linear betas 1e-4 ... 0.02, epsilon), as the
@@ -117,11 +119,7 @@ def save_scheduler_config(config: dict, folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = {"_class_name": "DDIMScheduler", "_diffusers_version": diffusers.__version__, **_clean(config)}
-    path = folder / SCHEDULER_CONFIG_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(folder / SCHEDULER_CONFIG_NAME, json.dumps(data, indent=2) + "\n")
 
 
 def load_scheduler_config(folder: str | os.PathLike) -> dict | None:

@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import torch
 
-from .sampling import TextToImage, list_unet_checkpoints
+from .checkpoints import list_checkpoints
+from .sampling import TextToImage
 
 __all__ = ["png_bytes", "lerp_embeddings", "ImageCache", "SliderDemo", "prompt_blend_demo", "guidance_sweep_demo",
            "PromptSliderDemo", "CheckpointPicker", "GenerationPanel"]
@@ -213,7 +214,7 @@ class CheckpointPicker:
 
     @property
     def checkpoints(self) -> list[tuple[int, Path]]:
-        return list_unet_checkpoints(self.run_dir)
+        return list_checkpoints(self.run_dir, "unet")
 
     def refresh(self) -> list[tuple[int, Path]]:
         found = self.checkpoints

@@ -11,8 +11,8 @@ import torch
 from conftest import TINY_BERT_HIDDEN, build_tiny_unet, make_frozen, save_checkpoint
 
 from helpers.data import DataError
-from helpers.sampling import (TextToImage, decode_to_pil, export_pipeline, latest_unet_checkpoint,
-                              list_unet_checkpoints, sample_latents)
+from helpers.checkpoints import latest_unet, list_checkpoints
+from helpers.sampling import TextToImage, decode_to_pil, export_pipeline, sample_latents
 from helpers.schedule import SAMPLER_NAMES, default_scheduler_config, sampling_scheduler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,10 +132,10 @@ def clip_run(tmp_path_factory, tiny_unet):
 
 
 def test_list_unet_checkpoints_sorted_by_step(clip_run, tmp_path):
-    assert [(s, p.name) for s, p in list_unet_checkpoints(clip_run)] == \
+    assert [(s, p.name) for s, p in list_checkpoints(clip_run, "unet")] == \
         [(5, "unet_5"), (20, "unet_20"), (100, "unet_100")]
-    assert latest_unet_checkpoint(clip_run).name == "unet_100"
-    assert list_unet_checkpoints(tmp_path) == [] and latest_unet_checkpoint(tmp_path) is None
+    assert latest_unet(clip_run).name == "unet_100"
+    assert list_checkpoints(tmp_path, "unet") == [] and latest_unet(tmp_path) is None
 
 
 def test_generate_is_seeded_per_image(clip_run, frozen_clip):
@@ -225,10 +225,37 @@ def test_exported_pipeline_loads_and_matches(tmp_path, request, tiny_vae_dir, en
 
 
 def test_require_checkpoint_says_run_notebook_04_first(tmp_path, clip_run):
-    from helpers.sampling import NoCheckpointError, require_checkpoint
+    from helpers.checkpoints import NoCheckpointError, require_checkpoint
 
     assert require_checkpoint(clip_run).name == "unet_100"
     assert require_checkpoint(clip_run, "/some/unet_3") == Path("/some/unet_3")
     with pytest.raises(NoCheckpointError, match="run notebook 04 .*first") as err:
         require_checkpoint(tmp_path / "main-smoke")
     assert err.value._render_traceback_() == [str(err.value)]  # a notebook shows the message, not a traceback
+
+
+def _guided_by_hand(unet, scheduler, cond, uncond, seed, guidance_scale, steps):
+    """Classifier-free guidance written out with TWO separate UNet calls per step (the course sample code's loop)."""
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seed)) * scheduler.init_noise_sigma
+    scheduler.set_timesteps(steps)
+    with torch.inference_mode():
+        for t in scheduler.timesteps:
+            x = scheduler.scale_model_input(latents, t)
+            eps_uncond = unet(x, t, encoder_hidden_states=uncond).sample
+            eps_cond = unet(x, t, encoder_hidden_states=cond).sample
+            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            latents = scheduler.step(eps, t, latents).prev_sample
+    return latents
+
+
+def test_guidance_moves_away_from_the_unconditional_half(tiny_unet, embeddings):
+    """The batched call must put "" first and the prompt second, and apply eps_u + g (eps_c - eps_u): swapping the
+    halves (or inverting the formula) gives eps_c + g (eps_u - eps_c), which this reference does not match."""
+    cond, uncond = embeddings
+    cond = cond[:1] * 3.0  # far from the unconditional embedding: the two halves predict clearly different noise
+    expected = _guided_by_hand(tiny_unet, sampling_scheduler("ddim"), cond, uncond, 7, 4.0, 3)
+    got = sample_latents(tiny_unet, sampling_scheduler("ddim"), cond, uncond, [7], guidance_scale=4.0, steps=3,
+                         progress=False)
+    swapped = _guided_by_hand(tiny_unet, sampling_scheduler("ddim"), uncond, cond, 7, 4.0, 3)
+    assert (expected - swapped).abs().max() > 100 * ATOL  # the test can tell the two apart
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
