@@ -1,4 +1,5 @@
-"""helpers.metrics: Fréchet distance, FID with a pluggable extractor, CLIP-T/CLIP-I (tiny real CLIPModel), skips."""
+"""helpers.frechet, helpers.clip_scores, helpers.metrics: Fréchet distance, FID with a pluggable extractor, CLIP-T/CLIP-I
+(tiny real CLIPModel), skips, folder scoring."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from helpers import metrics
+from helpers import clip_scores, frechet, metrics, scores
 from helpers.data import TestPrompt
 from helpers.hub import hub_problem
-from helpers.metrics import MetricResult
+from helpers.scores import MetricResult
 
 
 def _scipy_fd(mu1, s1, mu2, s2) -> float:
@@ -36,20 +37,20 @@ def test_frechet_distance_matches_scipy_sqrtm():
     rng = np.random.default_rng(0)
     for f in (1, 3, 8, 20):
         x, y = _gaussian(rng, 300, f), _gaussian(rng, 250, f, shift=0.5)
-        mu1, s1 = metrics.feature_stats(x)
-        mu2, s2 = metrics.feature_stats(y)
+        mu1, s1 = frechet.feature_stats(x)
+        mu2, s2 = frechet.feature_stats(y)
         assert s1.shape == (f, f) and mu1.dtype == np.float64
-        assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(_scipy_fd(mu1, s1, mu2, s2), abs=1e-6,
+        assert frechet.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(_scipy_fd(mu1, s1, mu2, s2), abs=1e-6,
                                                                            rel=1e-9)
 
 
 def test_frechet_distance_identical_sets_is_zero_and_singular_covariances_work():
     rng = np.random.default_rng(1)
     x = _gaussian(rng, 100, 10)
-    assert metrics.frechet_distance_features(x, x.copy()) == pytest.approx(0.0, abs=1e-6)
+    assert frechet.frechet_distance_features(x, x.copy()) == pytest.approx(0.0, abs=1e-6)
     # fewer samples than features: rank-deficient covariances (tiny negative eigenvalues) still give a real number
     small = rng.normal(size=(5, 12))
-    value = metrics.frechet_distance_features(small, small)
+    value = frechet.frechet_distance_features(small, small)
     assert np.isfinite(value) and value == pytest.approx(0.0, abs=1e-6)
 
 
@@ -58,31 +59,31 @@ def test_frechet_distance_shifted_means_equal_covariance_is_squared_shift():
     s = np.cov(_gaussian(rng, 200, 6), rowvar=False)
     mu = rng.normal(size=6)
     shift = np.array([0.5, -1.0, 2.0, 0.0, 0.1, 3.0])
-    assert metrics.frechet_distance(mu, s, mu + shift, s) == pytest.approx(float(shift @ shift), abs=1e-6)
+    assert frechet.frechet_distance(mu, s, mu + shift, s) == pytest.approx(float(shift @ shift), abs=1e-6)
 
 
 def test_frechet_distance_rejects_bad_shapes_and_stats_need_two_samples():
     with pytest.raises(ValueError, match="shape"):
-        metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
+        frechet.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
     with pytest.raises(ValueError, match="N >= 2"):
-        metrics.feature_stats(np.zeros((1, 4)))
+        frechet.feature_stats(np.zeros((1, 4)))
 
 
 # --------------------------------------------------------------------------------------------------- CLIP maths
 def test_clip_t_and_clip_i_on_hand_made_embeddings():
     img = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     txt = torch.tensor([[2.0, 0.0], [1.0, 0.0], [-1.0, -1.0]])
-    cos, mean, x100 = metrics.clip_t_from_embeddings(img, txt)
+    cos, mean, x100 = clip_scores.clip_t_from_embeddings(img, txt)
     assert cos.tolist() == pytest.approx([1.0, 0.0, -1.0])
     assert mean == pytest.approx(0.0)  # raw cosine: the course's CLIP-T
     assert x100 == pytest.approx(100 * (1.0 + 0.0 + 0.0) / 3)  # torchmetrics CLIPScore: 100*max(cos, 0)
     gen = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     refs = [torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0.0, 3.0])]  # 2 references, then 1
-    per, clip_i = metrics.clip_i_from_embeddings(gen, refs)
+    per, clip_i = clip_scores.clip_i_from_embeddings(gen, refs)
     assert per.tolist() == pytest.approx([0.5, 1.0])  # mean over the references of the cosine
     assert clip_i == pytest.approx(0.75)
     with pytest.raises(ValueError):
-        metrics.clip_i_from_embeddings(gen, refs[:1])
+        clip_scores.clip_i_from_embeddings(gen, refs[:1])
 
 
 # --------------------------------------------------------------------------------------------------- image folders
@@ -109,7 +110,7 @@ def test_fid_with_a_pluggable_extractor(tmp_path):
     gen = _write_images(tmp_path / "gen", 12, 0)
     ref = _write_images(tmp_path / "ref", 15, 1)
     with pytest.warns(UserWarning, match="biased"):
-        res = metrics.fid(tmp_path / "gen", tmp_path / "ref", feature_extractor=MeanColour(), resolution=8,
+        res = frechet.fid(tmp_path / "gen", tmp_path / "ref", feature_extractor=MeanColour(), resolution=8,
                           batch_size=5)
     assert not res.skipped and res.value >= 0 and res.n_images == 12 and res.model == "MeanColour"
     assert res.settings["resolution"] == 8 and res.settings["n_reference"] == 15 and "antialias" in res.settings
@@ -118,10 +119,10 @@ def test_fid_with_a_pluggable_extractor(tmp_path):
     from helpers.data import load_image, pil_to_tensor
 
     feats = [MeanColour()(torch.stack([pil_to_tensor(load_image(p, 8)) for p in ps])) for ps in (gen, ref)]
-    assert res.value == pytest.approx(metrics.frechet_distance_features(*feats), rel=1e-6)
+    assert res.value == pytest.approx(frechet.frechet_distance_features(*feats), rel=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        same = metrics.fid(gen, gen, feature_extractor=MeanColour(), resolution=8)
+        same = frechet.fid(gen, gen, feature_extractor=MeanColour(), resolution=8)
     assert same.value == pytest.approx(0.0, abs=1e-6)
 
 
@@ -129,15 +130,15 @@ def test_images_are_read_like_training_alpha_on_white(tmp_path):
     folder = tmp_path / "rgba"
     folder.mkdir()
     Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(folder / "a.png")  # fully transparent -> white
-    batch = metrics._load_batch([folder / "a.png"], 4, (255, 255, 255))
+    batch = scores.load_tensors([folder / "a.png"], 4, (255, 255, 255))
     assert batch.shape == (1, 3, 4, 4) and torch.allclose(batch, torch.ones_like(batch))
 
 
 def test_fid_default_is_skipped_without_a_number_when_inception_is_unavailable(tmp_path, monkeypatch):
     _write_images(tmp_path / "gen", 3, 0)
     _write_images(tmp_path / "ref", 3, 1)
-    monkeypatch.setattr(metrics, "inception_problem", lambda: "torch-fidelity is not installed")
-    res = metrics.fid(tmp_path / "gen", tmp_path / "ref", resolution=8)
+    monkeypatch.setattr(frechet, "inception_problem", lambda: "torch-fidelity is not installed")
+    res = frechet.fid(tmp_path / "gen", tmp_path / "ref", resolution=8)
     assert res.skipped and res.value is None and res.note.startswith("skipped: torch-fidelity")
     assert "skipped" in metrics.metrics_table([res])
 
@@ -147,7 +148,7 @@ def test_inception_problem_names_torch_fidelity_when_missing():
 
     if _TORCH_FIDELITY_AVAILABLE:
         pytest.skip("torch-fidelity is installed here")
-    assert "torch-fidelity" in metrics.inception_problem()
+    assert "torch-fidelity" in frechet.inception_problem()
 
 
 def test_vae_frechet_distance_uses_the_latent_features(tmp_path, tiny_vae_dir):
@@ -156,27 +157,27 @@ def test_vae_frechet_distance_uses_the_latent_features(tmp_path, tiny_vae_dir):
     vae = load_vae(tiny_vae_dir)
     _write_images(tmp_path / "gen", 6, 0, size=32)
     _write_images(tmp_path / "ref", 7, 1, size=32, rgba=True)
-    res = metrics.vae_frechet_distance(tmp_path / "gen", tmp_path / "ref", vae, resolution=32)
+    res = frechet.vae_frechet_distance(tmp_path / "gen", tmp_path / "ref", vae, resolution=32)
     assert res.name == "Fréchet distance in demo-VAE latent space — not FID"
     assert res.value is not None and res.value >= 0 and res.settings["features"] == 4 * 4 * 4 + 4
     assert "not FID" in res.note and res.settings["pool"] == 4
-    feats = metrics.VAELatentFeatures(vae, pool=2)(torch.zeros(2, 3, 32, 32))
+    feats = frechet.VAELatentFeatures(vae, pool=2)(torch.zeros(2, 3, 32, 32))
     assert feats.shape == (2, 20)
 
 
 # --------------------------------------------------------------------------------------------------- CLIP models
 def test_clip_t_and_clip_i_with_a_tiny_real_clip(tiny_clip_dir):
-    scorer = metrics.load_clip(str(tiny_clip_dir))
+    scorer = clip_scores.load_clip(str(tiny_clip_dir))
     imgs = [Image.new("RGB", (16, 16), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
     prompts = ["a red monster", "a green slime", "a blue ghost"]
-    t = metrics.clip_t(imgs, prompts, clip=scorer, names=["a.png", "b.png", "c.png"])
+    t = clip_scores.clip_t(imgs, prompts, clip=scorer, names=["a.png", "b.png", "c.png"])
     img_emb, txt_emb = scorer.image_embeddings(imgs), scorer.text_embeddings(prompts)
     expected = torch.nn.functional.cosine_similarity(img_emb, txt_emb).double()
     assert t.value == pytest.approx(float(expected.mean()), abs=1e-5) and -1 <= t.value <= 1
     assert t.per_image["b.png"] == pytest.approx(float(expected[1]), abs=1e-5)
     assert "CLIPScore x100" in t.beside and t.model == str(tiny_clip_dir)
     refs = [[imgs[0]], [imgs[1], imgs[0]], [imgs[2]]]
-    i = metrics.clip_i(imgs, refs, clip=scorer)
+    i = clip_scores.clip_i(imgs, refs, clip=scorer)
     assert i.per_image["0"] == pytest.approx(1.0, abs=1e-5) and i.per_image["2"] == pytest.approx(1.0, abs=1e-5)
     cos_10 = float(torch.nn.functional.cosine_similarity(img_emb[1:2], img_emb[0:1]))
     assert i.per_image["1"] == pytest.approx((1.0 + cos_10) / 2, abs=1e-5)
@@ -185,14 +186,14 @@ def test_clip_t_and_clip_i_with_a_tiny_real_clip(tiny_clip_dir):
 
 
 def test_clip_metrics_are_skipped_when_the_model_cannot_load(tmp_path, monkeypatch):
-    res = metrics.clip_t([Image.new("RGB", (8, 8))], ["x"], clip=str(tmp_path / "no-such-clip"))
+    res = clip_scores.clip_t([Image.new("RGB", (8, 8))], ["x"], clip=str(tmp_path / "no-such-clip"))
     assert res.skipped and res.note.startswith("skipped:") and res.value is None
     # a hub id that is not in the HF cache, offline: skipped at once (no retries), saying why
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     hub_problem.cache_clear()
-    res = metrics.clip_i([Image.new("RGB", (8, 8))], [[Image.new("RGB", (8, 8))]], clip="nobody/no-such-clip")
+    res = clip_scores.clip_i([Image.new("RGB", (8, 8))], [[Image.new("RGB", (8, 8))]], clip="nobody/no-such-clip")
     assert res.skipped and "not in the Hugging Face cache" in res.note and res.model == "nobody/no-such-clip"
     hub_problem.cache_clear()
 
@@ -233,13 +234,13 @@ def test_score_folder_computes_what_it_can_and_skips_the_rest(tmp_path, tiny_cli
     gen, prompts = _score_fixture(tmp_path)
     profile = SimpleNamespace(name="demo", resolution=32, background=(255, 255, 255), device="cpu",
                               vae=str(tiny_vae_dir), vae_subfolder=None)
-    monkeypatch.setattr(metrics, "inception_problem", lambda: "no Inception weights offline")
+    monkeypatch.setattr(frechet, "inception_problem", lambda: "no Inception weights offline")
     results = metrics.score_folder(gen, prompts, tmp_path, profile, clip_model=str(tiny_clip_dir),
                                    vae=load_vae(tiny_vae_dir))
     by = {r.name: r for r in results}
     assert by["FID"].skipped and "no Inception" in by["FID"].note
     assert not by["CLIP-T"].skipped and not by["CLIP-I"].skipped and by["CLIP-I"].settings["n_reference"] == 6
-    assert not by[metrics.VAE_FD_NAME].skipped
+    assert not by[frechet.VAE_FD_NAME].skipped
     table = metrics.metrics_table(results)
     assert "FID" in table and "skipped" in table and "not FID" in table and "CLIPScore x100" in table
     # without any CLIP model: clearly skipped, no number
@@ -281,13 +282,13 @@ def test_generate_for_scoring_extra_images_are_scored_too(tmp_path, tiny_clip_di
         assert im.getpixel((0, 0)) == ColourTTI().generate(["x"], [seed_for("m1_walk", 0)])[0].getpixel((0, 0))
     profile = SimpleNamespace(name="demo", resolution=32, background=(255, 255, 255), device="cpu", vae="none",
                               vae_subfolder=None)
-    monkeypatch.setattr(metrics, "inception_problem", lambda: "offline")
+    monkeypatch.setattr(frechet, "inception_problem", lambda: "offline")
     results = metrics.score_folder(out, prompts, tmp_path, profile, clip_model=str(tiny_clip_dir),
                                    fid_extractor=MeanColour(), compute_vae_fd=True)
     by = {r.name: r for r in results}
     assert by["CLIP-T"].n_images == 9 and len(by["CLIP-I"].per_image) == 9
     assert by["Fréchet distance (custom features)"].n_images == 9
-    assert by[metrics.VAE_FD_NAME].skipped and "cannot load the VAE" in by[metrics.VAE_FD_NAME].note
+    assert by[frechet.VAE_FD_NAME].skipped and "cannot load the VAE" in by[frechet.VAE_FD_NAME].note
     fig = metrics.examples_figure(by["CLIP-I"], out, prompts, reference=tmp_path, k=2)
     assert len(fig.axes) == 2 * 2 * 2  # worst + best rows, each image with its reference
     with pytest.raises(ValueError):
@@ -355,7 +356,7 @@ def test_offline_frechet_distance_is_lower_for_a_trained_checkpoint(tmp_path, on
                                               images_per_prompt=8, guidance_scale=3.0, steps=10, progress=False)
         (r,) = metrics.score_folder(folder, split.prompts_path, split.reference_map, P, vae=frozen.vae,
                                     compute_fid=False, compute_clip=False)
-        assert r.name == metrics.VAE_FD_NAME and r.n_images == 8 * len(split.heldout_keys)
+        assert r.name == frechet.VAE_FD_NAME and r.n_images == 8 * len(split.heldout_keys)
         fd[name] = r.value
     print(f"Fréchet distance in demo-VAE latent space: {fd} (models {t_train:.0f} s, "
           f"total {time.perf_counter() - t0:.0f} s)")

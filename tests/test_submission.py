@@ -170,7 +170,7 @@ def test_sweep_generates_and_scores_each_value(tmp_path, monkeypatch):
     """metrics.sweep over guidance scales with the test double and a tiny pluggable extractor."""
     from types import SimpleNamespace
 
-    from helpers import metrics
+    from helpers import frechet, metrics
 
     prompts = read_test_prompts(write_test_json(tmp_path / "test.json", 4))
     refdir = tmp_path / "ref"
@@ -186,7 +186,7 @@ def test_sweep_generates_and_scores_each_value(tmp_path, monkeypatch):
         def forward(self, x):
             return x.mean(dim=(2, 3))
 
-    monkeypatch.setattr(metrics, "inception_problem", lambda: "offline")
+    monkeypatch.setattr(frechet, "inception_problem", lambda: "offline")
     res = metrics.sweep([1.0, 3.0], prompts, refmap, profile, out_dir=tmp_path / "sweep", tti=SeedPainter(16),
                         steps=2, score_kwargs=dict(fid_extractor=Mean(), compute_clip=False, compute_vae_fd=False))
     assert [f.name for f in res.folders] == ["guidance_scale_1.0", "guidance_scale_3.0"]
