@@ -12,9 +12,10 @@ Formats (detected by :func:`load_train_set` / :func:`check_dataset`):
 
 Policies (nothing disappears silently):
 
-- **Unusable files are skipped with a report**: 0-byte, not an image, truncated/corrupt, over :data:`MAX_PIXELS`,
-  an image whose key has no caption, a ``file_name`` missing on disk. :func:`load_train_set` warns with a summary that
-  names every skipped file (up to 20 per kind, then a count; ``report.table()`` has them all).
+- **Unusable files are skipped with a report**: 0-byte, not an image, truncated/corrupt, over
+  ``helpers.images.MAX_PIXELS``, an image whose key has no caption, a ``file_name`` missing on disk.
+  :func:`load_train_set` warns with a summary that names every skipped file (up to 20 per kind, then a count;
+  ``report.table()`` has them all).
 - **Unusual images are loaded correctly and listed as notes**: palette (P), grey+alpha (LA), 16-bit, CMYK, other
   modes, non-square images. Caption keys without any image are *warnings* (nothing lost, but suspicious).
 - **Structural errors raise** :class:`DataError` (a ``ValueError``) naming the file (and line/column or key) and the
@@ -25,8 +26,7 @@ Speed: checking reads headers (``Image.open`` is lazy) and, for PNG, ``verify()`
 CRCs — catches truncated and corrupt files without decompressing the pixels); other formats are fully decoded.
 About 0.3 ms per 256 px sprite (one core), i.e. ~15 s for the course's 43k images; a progress bar shows above 2,000.
 
-Image loading (:func:`load_image`, used for training *and* scoring): any mode → RGB with alpha composited on the
-background → optional crop to content → pad to square (never distort) → resize (see :func:`resize_square`).
+Image files are opened and decoded by :mod:`helpers.images` (``load_image``: the same for training and scoring).
 """
 
 from __future__ import annotations
@@ -35,20 +35,19 @@ import json
 import os
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
+from .errors import DataError
+from .images import SIXTEEN_BIT_MODES, ImageFileError, open_image
+# load_image and pil_to_tensor moved to helpers.images; kept here only until notebooks 01, 02 and 06 import them
+# from there (remove this line then).
+from .images import load_image, pil_to_tensor  # noqa: F401
 
-WHITE = (255, 255, 255)
-MAX_PIXELS = 4096 * 4096  # larger images are skipped (a sprite data set has no business holding them)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SKIP, WARNING, NOTE = "skip", "warning", "note"
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _MODE_NOTES = {
     "P": "palette image (P), converted through RGBA",
     "PA": "palette image with alpha (PA), converted through RGBA",
@@ -58,18 +57,6 @@ _MODE_NOTES = {
     "CMYK": "CMYK image, converted to RGB",
     "I;16": "16-bit image, scaled to 8 bits (value / 257)",
 }
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the offending file (and line/key) and says what to do."""
-
-
-class _BadImage(DataError):
-    """An image file that cannot be used; ``kind`` is the report's problem kind."""
-
-    def __init__(self, message: str, kind: str):
-        super().__init__(message)
-        self.kind = kind
 
 
 # --------------------------------------------------------------------------------------------------- records
@@ -207,6 +194,14 @@ def make_caption(given: str, action: str) -> str:
     return f"{str(given).strip()} {str(action).strip()}".strip()
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """``(monster_id, action)`` of a course key ``<monsterID>_<ACTION>``, split at the LAST underscore (monster
+    IDs may contain underscores: ``"m_2_IDLE"`` → ``("m_2", "IDLE")``). A key without ``_`` (e.g. an imagefolder
+    file stem) is its own monster with action ``""``."""
+    monster, sep, action = key.rpartition("_")
+    return (monster, action) if sep else (key, "")
+
+
 # --------------------------------------------------------------------------------------------------- JSON
 def _read_text(path: Path, what: str) -> str:
     if not path.is_file():
@@ -335,189 +330,12 @@ def read_test_prompts(path: str | Path) -> list[TestPrompt]:
     return prompts
 
 
-# --------------------------------------------------------------------------------------------------- images
-def _open(path: Path) -> Image.Image:
-    """Open an image lazily; DataError naming the file when it is empty, not an image or too large."""
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise _BadImage(f"{path}: cannot access the file ({err}). Check that it exists and is readable.",
-                        "unreadable") from err
-    if size == 0:
-        raise _BadImage(f"{path}: the file is empty (0 bytes). Delete it or copy it again.", "empty_file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise _BadImage(f"{path}: image too large ({err}). Delete it or shrink it below "
-                        f"{MAX_PIXELS} pixels.", "too_large") from err
-    except Exception as err:  # UnidentifiedImageError, OSError, SyntaxError...
-        raise _BadImage(f"{path}: not a readable image ({type(err).__name__}: {err}). "
-                        "Delete it or replace it with a valid PNG.", "unreadable") from err
-    w, h = im.size
-    if w * h > MAX_PIXELS:
-        im.close()
-        raise _BadImage(f"{path}: image too large ({w}x{h} > {MAX_PIXELS} pixels). "
-                        "Delete it or shrink it; sprites are a few hundred pixels wide.", "too_large")
-    return im
-
-
-def _to_8bit_grey(im: Image.Image) -> Image.Image:
-    """16-bit (I;16*) or 32-bit integer (I) greyscale → 8-bit L by scaling 0..65535 → 0..255 (not clipping)."""
-    arr = np.asarray(im).astype(np.float64)
-    return Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8), mode="L")
-
-
-def to_rgb(im: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
-    """Any PIL image → RGB: alpha (RGBA, LA, PA, P or L/RGB with a transparency key) composited on ``background``;
-    16-bit greyscale scaled to 8 bits; float (F) read as 0..255; CMYK and others through PIL's conversion."""
-    mode = im.mode
-    if mode in _SIXTEEN_BIT:
-        im = _to_8bit_grey(im)
-        mode = "L"
-    elif mode == "F":
-        im = Image.fromarray(np.clip(np.round(np.asarray(im)), 0, 255).astype(np.uint8), mode="L")
-        mode = "L"
-    if mode in _ALPHA_MODES or mode == "P" or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        base = Image.new("RGBA", rgba.size, (*background, 255))
-        return Image.alpha_composite(base, rgba).convert("RGB")
-    return im if mode == "RGB" else im.convert("RGB")
-
-
-def content_bbox(img: Image.Image, background: tuple[int, int, int] = WHITE,
-                 tolerance: int = 8) -> tuple[int, int, int, int] | None:
-    """Bounding box (left, top, right, bottom) of the RGB pixels that differ from ``background`` by more than
-    ``tolerance`` in some channel; None when the image is all background."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.int16)
-    diff = np.abs(arr - np.asarray(background, dtype=np.int16)).max(axis=2) > tolerance
-    rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
-    if rows.size == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def pad_to_square(img: Image.Image, background: tuple[int, int, int] = WHITE, margin: int = 0) -> Image.Image:
-    """Centre ``img`` on a square canvas of ``background`` (side = longest side + 2 * margin); never distorts."""
-    w, h = img.size
-    side = max(w, h) + 2 * margin
-    if side == w == h:
-        return img
-    canvas = Image.new("RGB", (side, side), background)
-    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
-    return canvas
-
-
-def crop_content(img: Image.Image, background: tuple[int, int, int] = WHITE, margin: float = 0.04,
-                 tolerance: int = 8) -> Image.Image:
-    """Crop an RGB image to its non-background bounding box and pad it to a square with ``margin`` (a fraction of
-    the box's longest side, at least 1 px) of background around it. All-background images come back padded only."""
-    box = content_bbox(img, background, tolerance)
-    if box is None:
-        return pad_to_square(img, background)
-    cropped = img.crop(box)
-    pad = max(1, round(margin * max(cropped.size))) if margin > 0 else 0
-    return pad_to_square(cropped, background, pad)
-
-
-_RESAMPLE = {"nearest": Image.NEAREST, "box": Image.BOX, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-             "lanczos": Image.LANCZOS}
-
-
-def resize_square(img: Image.Image, size: int, resample: str = "auto") -> Image.Image:
-    """Resize a square image to ``size`` x ``size``.
-
-    ``"auto"`` (default): unchanged when already that size; NEAREST for an integer upscale (64 → 256 keeps pixel
-    art crisp and exact); LANCZOS with ``reducing_gap=3`` for a downscale (anti-aliased, like the course's
-    resizing; the reducing gap makes very large images fast at no visible cost); BICUBIC for a non-integer
-    upscale. Or name one: "nearest", "box", "bilinear", "bicubic", "lanczos".
-    """
-    if img.width != img.height:
-        img = pad_to_square(img)
-    side = img.width
-    if side == size and resample in ("auto", "nearest"):
-        return img
-    if resample == "auto":
-        if size > side:
-            method = Image.NEAREST if size % side == 0 else Image.BICUBIC
-        else:
-            return img.resize((size, size), Image.LANCZOS, reducing_gap=3.0)
-    else:
-        if resample not in _RESAMPLE:
-            raise ValueError(f"resample must be 'auto' or one of {sorted(_RESAMPLE)}, not {resample!r}")
-        method = _RESAMPLE[resample]
-    return img.resize((size, size), method)
-
-
-def load_image(path: str | Path, size: int | None, background: tuple[int, int, int] = WHITE,
-               crop_to_content: bool = False, *, resample: str = "auto", margin: float = 0.04) -> Image.Image:
-    """Read one image as RGB ``size`` x ``size`` (used for training and scoring alike).
-
-    Steps: decode any mode (:func:`to_rgb`: alpha composited on ``background``, 16-bit scaled, palette through
-    RGBA, CMYK converted) → optional crop to the non-background bounding box with a ``margin`` → pad to a square
-    with ``background`` (never distort) → :func:`resize_square` (``size=None``: no resize). Raises DataError naming
-    the file when it cannot be read (empty, not an image, truncated, over :data:`MAX_PIXELS`).
-    """
-    path = Path(path)
-    im = _open(path)
-    try:
-        with im:
-            im.load()
-            rgb = to_rgb(im, background)
-    except DataError:
-        raise
-    except Exception as err:
-        raise DataError(f"{path}: the image cannot be decoded ({type(err).__name__}: {err}); it is probably "
-                        "truncated or corrupt. Delete it or copy it again.") from err
-    if crop_to_content:
-        rgb = crop_content(rgb, background, margin)
-    else:
-        rgb = pad_to_square(rgb, background)
-    return rgb if size is None else resize_square(rgb, size, resample)
-
-
-def pil_to_tensor(img: Image.Image):
-    """RGB PIL image → float32 tensor [3,H,W] in [-1, 1]."""
-    import torch
-
-    arr = np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.float32)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).div_(127.5).sub_(1.0)
-
-
-def tensor_to_pil(t) -> Image.Image:
-    """Tensor [3,H,W] (or [1,3,H,W]) in [-1, 1] → RGB PIL image (values outside the range are clamped)."""
-    t = t.detach().float().cpu()
-    if t.ndim == 4 and t.shape[0] == 1:
-        t = t[0]
-    if t.ndim != 3 or t.shape[0] != 3:
-        raise ValueError(f"tensor_to_pil expects [3,H,W] in [-1,1], got shape {tuple(t.shape)}")
-    arr = ((t.clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy().astype(np.uint8)
-    return Image.fromarray(arr, mode="RGB")
-
-
-class ImageDataset:
-    """A picklable map-style dataset (works with DataLoader workers): item ``i`` is the tensor [3,size,size] in
-    [-1, 1] of ``examples[i]``, loaded with :func:`load_image`."""
-
-    def __init__(self, examples: Sequence[Example] | TrainSet, size: int, background: tuple[int, int, int] = WHITE,
-                 crop_to_content: bool = False):
-        self.paths = [e.path for e in (examples.examples if isinstance(examples, TrainSet) else examples)]
-        self.size, self.background, self.crop = size, tuple(background), crop_to_content
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        return pil_to_tensor(load_image(self.paths[i], self.size, self.background, self.crop))
-
-
 # --------------------------------------------------------------------------------------------------- checking
 def _check_image(path: Path) -> tuple[tuple[int, int, str] | None, list[Problem]]:
     """Header read + verify (PNG) or full decode (other formats). Returns ((w, h, mode) or None, problems)."""
     try:
-        im = _open(path)
-    except _BadImage as err:
+        im = open_image(path)
+    except ImageFileError as err:
         return None, [Problem(path, err.kind, str(err))]
     try:
         with im:
@@ -530,7 +348,7 @@ def _check_image(path: Path) -> tuple[tuple[int, int, str] | None, list[Problem]
         return None, [Problem(path, "truncated", f"{path}: truncated or corrupt image ({type(err).__name__}: "
                                                  f"{err}). Delete it or copy it again.")]
     notes = []
-    mode_key = "I;16" if mode in _SIXTEEN_BIT else mode
+    mode_key = "I;16" if mode in SIXTEEN_BIT_MODES else mode
     if mode_key not in ("RGB", "RGBA"):
         note = _MODE_NOTES.get(mode_key, f"{mode} image, converted to RGB")
         notes.append(Problem(path, "mode", f"{path}: {note}", NOTE))
@@ -688,7 +506,7 @@ def image_table(items: TrainSet | DataReport | Iterable[str | Path]) -> list[dic
         paths = [e.path for e in items.examples] if isinstance(items, TrainSet) else [Path(p) for p in items]
         for p in paths:
             try:
-                with _open(p) as im:
+                with open_image(p) as im:
                     stats[(im.width, im.height, im.mode)] += 1
             except DataError:
                 stats[(0, 0, "unreadable")] += 1

@@ -6,7 +6,7 @@
 - :func:`generate_for_scoring` writes the images to score; :func:`sweep` generates and scores once per value of a
   setting (guidance, steps, checkpoint) and plots the metrics; :func:`examples_figure` shows the worst/best images.
 
-Every image (generated or reference) is read the way training reads images (:func:`helpers.data.load_image`: alpha
+Every image (generated or reference) is read the way training reads images (:func:`helpers.images.load_image`: alpha
 composited on white, resized to the profile's resolution). A :class:`helpers.scores.MetricResult` records the model
 and the settings behind each number; where a scoring model cannot be loaded (offline and not cached, package
 missing) it says ``skipped: <why>`` and holds no number — never a number computed from random weights.
@@ -192,7 +192,7 @@ def examples_figure(result: MetricResult, generated_dir: str | Path, prompts, re
                 ref = refs.get(p.image_name, [None])[0] if p else None
                 images.append(ref if ref is not None else gen_dir / name)
                 captions.append("reference" if ref is not None else "(no reference)")
-    from .data import load_image
+    from .images import load_image
 
     pil = [load_image(path, None, background=background) for path in images]
     ncols = len(worst) * (2 if refs is not None else 1)

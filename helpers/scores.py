@@ -108,13 +108,13 @@ def list_images(source: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def load_tensors(paths: Sequence[Path], resolution: int, background: tuple[int, int, int]) -> torch.Tensor:
-    """Images as float32 [B,3,H,W] in [-1, 1], read like training (helpers.data.load_image)."""
-    from .data import load_image, pil_to_tensor
+    """Images as float32 [B,3,H,W] in [-1, 1], read like training (helpers.images.load_image)."""
+    from .images import load_image, pil_to_tensor
 
     return torch.stack([pil_to_tensor(load_image(p, resolution, background=background)) for p in paths])
 
 
 def load_pils(paths: Sequence[Path], resolution: int, background: tuple[int, int, int]) -> list:
-    from .data import load_image
+    from .images import load_image
 
     return [load_image(p, resolution, background=background) for p in paths]

@@ -10,7 +10,8 @@ from safetensors.torch import save_file as real_save_file
 
 import helpers.cache as cache_mod
 from helpers.cache import build_cache, load_cache
-from helpers.data import load_image, load_train_set, pil_to_tensor
+from helpers.data import load_train_set
+from helpers.images import load_image, pil_to_tensor
 from helpers.demo_data import ensure_demo_dataset
 from helpers.frozen import FrozenModels, encode_images, load_text_encoder, load_vae
 from helpers.profiles import Profile

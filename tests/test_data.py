@@ -10,19 +10,22 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import data as D
 from helpers.data import (
     DataError,
     TrainSet,
     check_dataset,
-    content_bbox,
-    crop_content,
     image_table,
-    load_image,
     load_train_set,
     make_caption,
-    pil_to_tensor,
     read_test_prompts,
+    split_key,
+)
+from helpers.images import (
+    ImageDataset,
+    content_bbox,
+    crop_content,
+    load_image,
+    pil_to_tensor,
     resize_square,
     tensor_to_pil,
 )
@@ -70,6 +73,22 @@ def test_make_caption_joins_and_strips():
     assert make_caption("  a red blob ", " walking ") == "a red blob walking"
     assert make_caption("", "walking") == "walking"
     assert make_caption("a red blob", "") == "a red blob"
+
+
+def test_split_key_splits_at_the_last_underscore():
+    assert split_key("m007_attack") == ("m007", "attack")
+    assert split_key("m_2_IDLE") == ("m_2", "IDLE")  # the monster ID holds underscores
+    assert split_key("boss__fire_breath_WALK") == ("boss__fire_breath", "WALK")
+    assert split_key("0001") == ("0001", "")  # an imagefolder key: its own monster, no action
+
+
+def test_demo_vae_groups_keys_by_the_same_monster_id():
+    from helpers.demo_vae import monster_id, split_holdout
+
+    keys = ["m_2_IDLE", "m_2_WALK", "m_3_IDLE", "m1_WALK"]
+    assert [monster_id(k) for k in keys] == ["m_2", "m_2", "m_3", "m1"]
+    train, held = split_holdout(keys, 0.34, seed=0)
+    assert train | held == {"m_2", "m_3", "m1"} and not train & held
 
 
 # ------------------------------------------------------------------------------------------------ course format
@@ -417,7 +436,7 @@ def test_pil_tensor_round_trip_and_clamp():
 
 def test_image_dataset_is_picklable(tmp_path):
     ts = quiet_load(write_course(tmp_path, keys=("m1_WALK",), color=RED_HALF))
-    ds = pickle.loads(pickle.dumps(D.ImageDataset(ts, 8)))
+    ds = pickle.loads(pickle.dumps(ImageDataset(ts, 8)))
     assert len(ds) == 2
     x = ds[0]
     assert x.shape == (3, 8, 8)

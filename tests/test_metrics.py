@@ -116,7 +116,7 @@ def test_fid_with_a_pluggable_extractor(tmp_path):
     assert res.settings["resolution"] == 8 and res.settings["n_reference"] == 15 and "antialias" in res.settings
     assert "small N" in res.note and res.higher_is_better is False
     # the same number as computing the features by hand (images read like training: load_image at 8 px)
-    from helpers.data import load_image, pil_to_tensor
+    from helpers.images import load_image, pil_to_tensor
 
     feats = [MeanColour()(torch.stack([pil_to_tensor(load_image(p, 8)) for p in ps])) for ps in (gen, ref)]
     assert res.value == pytest.approx(frechet.frechet_distance_features(*feats), rel=1e-6)
