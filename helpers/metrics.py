@@ -74,8 +74,8 @@ def generated_files(generated_dir: str | Path, prompt) -> list[Path]:
 
 
 def generate_for_scoring(tti, prompts, out_dir: str | Path, *, size: int, images_per_prompt: int = 1, seed: int = 0,
-                         guidance_scale: float = 7.5, steps: int = 50, scheduler: str = "ddim", batch_size: int = 16,
-                         overwrite: bool = True, progress: bool = True) -> Path:
+                         guidance_scale: float = 7.5, steps: int = 50, scheduler: str = "ddim",
+                         batch_size: int | None = None, overwrite: bool = True, progress: bool = True) -> Path:
     """Generate ``images_per_prompt`` images per prompt into ``out_dir`` for scoring (not a submission folder).
 
     Image 0 of a prompt is ``<image_name>`` with seed :func:`helpers.submission.seed_for` ``(key, seed)`` — the same
@@ -263,7 +263,7 @@ def plot_sweep(param: str, values: Sequence, results: Sequence[Sequence[MetricRe
 
 def sweep(values: Sequence, prompts, reference, profile, *, out_dir: str | Path, param: str = "guidance_scale",
           tti=None, make_tti: Callable[[Any], Any] | None = None, steps: int = 50, scheduler: str = "ddim",
-          guidance_scale: float = 7.5, seed: int = 0, batch_size: int = 16, images_per_prompt: int = 1,
+          guidance_scale: float = 7.5, seed: int = 0, batch_size: int | None = None, images_per_prompt: int = 1,
           score_kwargs: dict | None = None, progress: bool = False) -> SweepResult:
     """Generate the prompts once per swept value, score each folder, and plot the metrics vs the value.
 
