@@ -341,7 +341,7 @@ def test_offline_frechet_distance_is_lower_for_a_trained_checkpoint(tmp_path, on
     config = TrainConfig.for_profile(P, run_name="fd", cache_dir=str(cache_dir), max_steps=UNET_STEPS, batch_size=16,
                                      lr=1e-3, warmup_steps=10, eval_freq=0, save_freq=UNET_STEPS, log_every=50,
                                      ema=False, sample_at_start=False)
-    result = train(config, profile=P, cache=load_cache(cache_dir), frozen=frozen)
+    result = train(config, load_cache(cache_dir), frozen)
     assert result.finished and result.checkpoint is not None
     assert split_status(split, run_dir)[0] == "excluded"
     t_train = time.perf_counter() - t0

@@ -21,10 +21,12 @@ from safetensors.torch import load_file
 
 from helpers import checkpoints
 from helpers.cache import LatentCache
-from helpers.train import (LiveLossPlot, NonFiniteLossError, RunFolderError, TrainConfig, TrainEvent, read_metrics,
-                           sample_grids, train)
+from helpers.plots import LiveLossPlot
+from helpers.run_folder import read_metrics, sample_grids
+from helpers.train import NonFiniteLossError, RunFolderError, TrainConfig, TrainEvent, train
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny UNet is faster so, and a shared machine does not thrash
 
 
 # --------------------------------------------------------------------------------------------------- fixtures
@@ -44,15 +46,6 @@ def make_cache(n: int = 8, channels: int = 4, side: int = 8, hidden: int = 32, n
         captions=captions, empty_index=0, caption_ids=ids, caption_counts=(ids >= 0).sum(1), mean=mean.half(),
         std=std.half(), mean_flip=mean.flip(-1).half(), std_flip=std.flip(-1).half(),
         text_emb=torch.randn(n_captions, 77, hidden, generator=g).half(), scaling_factor=0.5, meta={})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the tiny UNet is faster that way, and a shared 2-core machine does not thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

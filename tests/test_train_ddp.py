@@ -30,12 +30,13 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER = r'''
 import hashlib, json, os, sys
 import torch
-from helpers.train import TrainConfig, train
+from helpers.train import TrainConfig
+from helpers.train_cli import run
 
 config = TrainConfig.load(sys.argv[1])
 out = sys.argv[2]
-first = train(TrainConfig.from_dict({**config.to_dict(), "max_steps": 2}))          # stop after 2 steps ...
-second = train(TrainConfig.from_dict({**config.to_dict(), "resume": "latest"}))     # ... resume to max_steps
+first = run(TrainConfig.from_dict({**config.to_dict(), "max_steps": 2}))          # stop after 2 steps ...
+second = run(TrainConfig.from_dict({**config.to_dict(), "resume": "latest"}))     # ... resume to max_steps
 digest = hashlib.sha256()
 for name, tensor in sorted(second.unet.state_dict().items()):
     digest.update(name.encode())

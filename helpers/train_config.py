@@ -1,0 +1,243 @@
+"""What a training run depends on: :class:`TrainConfig` (saved as ``outputs/<run>/train_config.json``), which of its
+fields may change when a run is resumed, and what ``mixed_precision="auto"`` means on this machine.
+
+>>> config = TrainConfig.for_profile(P, run_name="main", max_steps=2000)   # the profile's defaults, overridden
+>>> config.save(config.run_path / CONFIG_NAME)                             # what `python -m helpers.train` reads
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import read_test_prompts
+from .paths import atomic_write, outputs_root
+from .schedule import PREDICTION_TYPES, SAMPLER_NAMES
+
+__all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "CONFIG_NAME", "CPU_AUTO_MIXED_PRECISION", "resolve_mixed_precision",
+           "default_sample_prompts"]
+
+#: What ``mixed_precision="auto"`` means on CPU: measured with ``benchmarks/train_throughput.py --precision``
+#: on the demo preset (see benchmarks/RESULTS.md). On CUDA "auto" is bf16 (where the GPU supports it).
+CPU_AUTO_MIXED_PRECISION = "no"
+
+#: Config fields that may differ when resuming (they do not change what the weights become).
+RESUME_MAY_CHANGE = frozenset({
+    "run_name", "max_steps", "eval_freq", "save_freq", "keep_last", "log_every", "resume", "device", "run_dir",
+    "data_dir", "cache_dir", "sample_prompts", "sample_seeds", "sample_steps", "sample_guidance", "sample_scheduler",
+    "sample_at_start",
+})
+
+CONFIG_NAME = "train_config.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved as ``outputs/<run>/train_config.json`` and in every state).
+
+    Pick defaults with :meth:`for_profile`; every field can be overridden there. ``batch_size`` is per process and
+    micro-batch: the optimizer sees ``batch_size x processes x grad_accum`` images per step.
+    """
+
+    run_name: str = "main"
+    run_dir: str | None = None  # default: <outputs>/<run_name>
+    # -- the profile (what the cache and the frozen models are)
+    profile: str = "demo"
+    smoke: bool = False
+    data_dir: str | None = None  # the data set (the command line builds/finds the cache from it)
+    cache_dir: str | None = None  # a cache folder from helpers.cache.build_cache (command line)
+    resolution: int = 64
+    text_encoder: str = ""
+    vae: str = ""
+    vae_subfolder: str | None = None
+    unet_preset: str = "demo"
+    unet_overrides: dict = field(default_factory=dict)  # UNet2DConditionModel config entries to change
+    device: str | None = None  # for_profile: the profile's; None: cuda > mps > cpu
+    # -- optimisation
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_steps: int = 300  # optimizer steps
+    lr: float = 2e-4
+    lr_schedule: str = "cosine"  # "cosine" (warm-up then cosine to 0 at max_steps) or "constant" (after warm-up)
+    warmup_steps: int = 50
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    # -- EMA of the weights (diffusers.training_utils.EMAModel)
+    ema: bool = True
+    ema_decay: float = 0.9999  # the cap
+    ema_warmup: bool = True  # decay = 1 - (1 + step / inv_gamma) ** -power, capped at ema_decay
+    ema_inv_gamma: float = 1.0
+    ema_power: float = 0.75
+    # -- diffusion
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    snr_gamma: float | None = 5.0  # min-SNR-gamma loss weighting; None: plain MSE
+    caption_dropout: float = 0.1
+    flip_p: float = 0.5
+    mixed_precision: str = "auto"  # "bf16", "no" or "auto" (bf16 on CUDA, CPU_AUTO_MIXED_PRECISION on CPU)
+    # -- what happens on the side
+    eval_freq: int = 500  # sample the fixed prompts every eval_freq steps (0: never)
+    save_freq: int = 500  # checkpoint every save_freq steps (and at the end)
+    keep_last: int | None = None  # keep only the last N checkpoints (None: all)
+    log_every: int = 10
+    sample_prompts: list = field(default_factory=list)
+    sample_seeds: list = field(default_factory=list)  # one per prompt (default 0, 1, 2, ...)
+    sample_steps: int = 50
+    sample_guidance: float = 3.0
+    sample_scheduler: str = "ddim"  # the sampler of the grids: one of helpers.schedule.SAMPLER_NAMES
+    sample_at_start: bool = True  # a grid at step 0 (what noise looks like) in a fresh run
+    seed: int = 0
+    resume: str | None = None  # None (refuses when the run folder holds a run), "latest", or a state folder
+
+    # ---------------------------------------------------------------- construction / (de)serialisation
+    @classmethod
+    def for_profile(cls, profile, **overrides) -> TrainConfig:
+        """Defaults for ``profile``: course (reference UNet, 256 px, eval/save every 500 steps), demo (CPU-sized
+        UNet, a few hundred steps, minutes on a laptop CPU) or smoke (a handful of steps)."""
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"TrainConfig has no field(s) {sorted(unknown)}")
+        run_name = overrides.get("run_name", "main")
+        base = dict(
+            run_name=run_name, run_dir=str(profile.run_dir(run_name)), profile=profile.name, smoke=profile.smoke,
+            data_dir=str(profile.data_dir), resolution=profile.resolution, text_encoder=str(profile.text_encoder),
+            vae=str(profile.vae), vae_subfolder=profile.vae_subfolder, unet_preset=profile.unet_preset,
+            device=profile.device)
+        if profile.smoke:
+            base.update(batch_size=8, grad_accum=1, max_steps=6, lr=2e-4, warmup_steps=2, eval_freq=3, save_freq=3,
+                        log_every=1, ema_decay=0.999, prediction_type=("v_prediction" if profile.name == "demo"
+                                                                         else "epsilon"),
+                        sample_steps=4, sample_guidance=3.0, n_prompts=4)
+        elif profile.name == "course":
+            # Global batch 64 (32 x 2 accumulation on one GPU); ~680 steps per epoch of 43k sprites.
+            base.update(batch_size=32, grad_accum=2, max_steps=20_000, lr=1e-4, warmup_steps=500, eval_freq=500,
+                        save_freq=500, log_every=25, ema_decay=0.9999, sample_steps=50, sample_guidance=3.0,
+                        n_prompts=8)
+        else:  # demo: minutes on a laptop CPU
+            # Measured (a stand-in VAE, the demo UNet and MiniLM, 640 sprites): with epsilon prediction and 400 steps
+            # of 32 the samples are still noise; v-prediction, lr 1e-3 and 800 steps of 16 (the same compute) give
+            # the colour of the prompt in 16 of 16 samples at guidance >= 3.
+            base.update(batch_size=16, grad_accum=1, max_steps=800, lr=1e-3, warmup_steps=40, eval_freq=200,
+                        save_freq=200, log_every=10, ema_decay=0.999, prediction_type="v_prediction",
+                        sample_steps=25, sample_guidance=4.0, n_prompts=8)
+        n_prompts = base.pop("n_prompts")
+        if "sample_prompts" not in overrides:
+            base["sample_prompts"] = default_sample_prompts(profile, n_prompts)
+        base.update(overrides)
+        config = cls(**base)
+        if not config.sample_seeds:
+            config.sample_seeds = list(range(len(config.sample_prompts)))
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        problems = []
+        if self.prediction_type not in PREDICTION_TYPES:
+            problems.append(f"prediction_type must be 'epsilon' or 'v_prediction', not {self.prediction_type!r}")
+        if self.sample_scheduler not in SAMPLER_NAMES:
+            problems.append(f"sample_scheduler must be one of {', '.join(SAMPLER_NAMES)}, not {self.sample_scheduler!r}")
+        if self.mixed_precision not in ("auto", "bf16", "no"):
+            problems.append(f"mixed_precision must be 'auto', 'bf16' or 'no', not {self.mixed_precision!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            problems.append(f"lr_schedule must be 'cosine' or 'constant', not {self.lr_schedule!r}")
+        for name in ("batch_size", "grad_accum", "max_steps", "log_every"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1")
+        for name in ("eval_freq", "save_freq", "warmup_steps"):
+            if int(getattr(self, name)) < 0:
+                problems.append(f"{name} must be >= 0")
+        if not 0 <= self.caption_dropout <= 1 or not 0 <= self.flip_p <= 1:
+            problems.append("caption_dropout and flip_p must be in [0, 1]")
+        if self.sample_seeds and len(self.sample_seeds) != len(self.sample_prompts):
+            problems.append(f"{len(self.sample_prompts)} sample_prompts but {len(self.sample_seeds)} sample_seeds")
+        if self.keep_last is not None and int(self.keep_last) < 1:
+            problems.append("keep_last must be None or >= 1")
+        if problems:
+            raise ValueError("Invalid TrainConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"Unknown TrainConfig field(s) {unknown}; known fields: {sorted(names)}")
+        config = cls(**data)
+        config.validate()
+        return config
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err})") from err
+        return cls.from_dict(data)
+
+    # ----------------------------------------------------------------------------------- derived values
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else outputs_root() / self.run_name
+
+    def global_batch(self, num_processes: int = 1) -> int:
+        return self.batch_size * self.grad_accum * num_processes
+
+    def differences(self, other: TrainConfig | dict) -> dict[str, tuple[Any, Any]]:
+        """Fields that matter for the weights and differ: ``{name: (self's, other's)}``."""
+        mine, theirs = self.to_dict(), other if isinstance(other, dict) else other.to_dict()
+        out = {}
+        for name, value in mine.items():
+            if name in RESUME_MAY_CHANGE:
+                continue
+            a, b = _comparable(name, value), _comparable(name, theirs.get(name, _MISSING))
+            if a != b:
+                out[name] = (value, theirs.get(name, "<missing>"))
+        return out
+
+
+_MISSING = object()
+
+
+def _comparable(name: str, value):
+    """Model paths compare by their last component (a moved checkout still resumes); tuples as lists."""
+    if name in ("text_encoder", "vae") and isinstance(value, str) and os.path.isabs(value):
+        return Path(value).name
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def default_sample_prompts(profile, n: int = 8) -> list[str]:
+    """``n`` prompts of the profile's test.json, spread over the file (fixed: the same every run)."""
+    if not Path(profile.test_json).is_file():  # e.g. imagefolder data: no fixed prompts
+        return []
+    prompts = [p.text_prompt for p in read_test_prompts(profile.test_json)]
+    if len(prompts) <= n:
+        return prompts
+    return [prompts[(i * len(prompts)) // n] for i in range(n)]
+
+
+def resolve_mixed_precision(setting: str, device: torch.device | str) -> str:
+    """"bf16" or "no" for ``setting`` on ``device`` ("auto": bf16 on CUDA when supported; measured on CPU)."""
+    device = torch.device(device)
+    if setting == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "no"
+        if device.type == "cpu":
+            return CPU_AUTO_MIXED_PRECISION
+        return "no"
+    return setting
