@@ -4,6 +4,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PROFILE ?= auto
+DATA   ?=
 ARGS   ?=
 
 .PHONY: install run test test-fast test-browser lab clean-outputs
@@ -18,8 +19,8 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
-run: install          ## execute notebooks 01..06 headless into outputs/executed/
-	$(PY) -m helpers.notebooks --profile $(PROFILE) $(ARGS)
+run: install          ## execute notebooks 01..06 headless into outputs/executed/ (DATA=folder, ARGS="-p resolution=32")
+	$(PY) -m helpers.notebooks --profile $(PROFILE) $(if $(DATA),--data-dir "$(DATA)") $(ARGS)
 
 test: install         ## unit tests, notebooks in smoke mode, the browser test
 	$(PY) -m pytest -q $(ARGS)

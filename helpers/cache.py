@@ -129,7 +129,7 @@ class LatentCache:
 
 def _encode_views(examples: list[Example], frozen: FrozenModels, resolution: int, background: tuple[int, int, int],
                   crop_to_content: bool, batch_size: int, num_workers: int) -> dict[str, torch.Tensor]:
-    from .data import ImageDataset
+    from .images import ImageDataset
     from .frozen import encode_images
 
     vae = frozen.vae
@@ -149,8 +149,11 @@ def _encode_views(examples: list[Example], frozen: FrozenModels, resolution: int
 
 
 def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, batch_size: int = 32,
-                crop_to_content: bool = False, num_workers: int | None = None, rebuild: bool = False) -> Path:
+                num_workers: int | None = None, rebuild: bool = False) -> Path:
     """Encode every image (and its flip) with the VAE and every distinct caption with the text encoder, once.
+
+    Images are prepared as the profile says (``resolution``, ``background``, ``crop_to_content``); all of these are
+    part of the cache key.
 
     Returns the cache folder; when a complete cache with the same key exists it is reused (nothing is encoded).
     The folder is written under a temporary name and renamed when complete, so an interrupted build never
@@ -158,7 +161,7 @@ def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, 
     """
     key = cache_key(train_set, text_encoder=profile.text_encoder, vae=profile.vae,
                     vae_subfolder=profile.vae_subfolder, resolution=profile.resolution,
-                    background=profile.background, crop_to_content=crop_to_content)
+                    background=profile.background, crop_to_content=profile.crop_to_content)
     folder = profile.cache_dir / f"{train_set.root.name}-{profile.resolution}px-{key}"
     if (folder / COMPLETE).exists() and not rebuild:
         print(f"Reusing the cache in {folder}")
@@ -167,8 +170,8 @@ def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, 
         num_workers = 0 if len(train_set.examples) < 2000 else min(4, os.cpu_count() or 1)
 
     paths = [ex.path for ex in train_set.examples]
-    latents = _encode_views(train_set.examples, frozen, profile.resolution, profile.background, crop_to_content,
-                            batch_size, num_workers)
+    latents = _encode_views(train_set.examples, frozen, profile.resolution, profile.background,
+                            profile.crop_to_content, batch_size, num_workers)
     captions = train_set.distinct_captions()
     index = {c: i for i, c in enumerate(captions)}
     text_emb = frozen.text_encoder.encode(captions, batch_size=64, progress=True).to("cpu", torch.float16)
@@ -183,7 +186,7 @@ def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, 
         "format": CACHE_FORMAT, "key": key, "data_root": str(train_set.root), "data_format": train_set.format,
         "text_encoder": profile.text_encoder, "vae": profile.vae, "vae_subfolder": profile.vae_subfolder,
         "resolution": profile.resolution, "background": list(profile.background),
-        "crop_to_content": crop_to_content, "scaling_factor": scaling_factor(frozen.vae),
+        "crop_to_content": profile.crop_to_content, "scaling_factor": scaling_factor(frozen.vae),
         "keys": [ex.key for ex in train_set.examples], "image_names": [ex.path.name for ex in train_set.examples],
         "captions": captions, "empty_index": index[""],
     }

@@ -1,10 +1,15 @@
-"""The demo profile's small VAE: an ``AutoencoderKL`` trained here on the demo sprites (or any course-format folder).
+"""The demo stack's small VAE: an ``AutoencoderKL`` trained here on the data at hand (any data set).
 
 Stable Diffusion's VAE was trained once and frozen; the demo does the same at toy scale: ``train_demo_vae`` trains a
 small ``AutoencoderKL`` (64 px images -> 16x16x4 latents), then sets ``scaling_factor`` = 1 / std of the training
 latents (the way SD's 0.18215 was chosen) so that scaled latents have std ~ 1, and saves it with ``save_pretrained``
-(safetensors) plus a ``training_report.json``. ``ensure_demo_vae`` trains it once into ``<data_dir>/vae`` and reuses
-it afterwards; ``helpers.frozen.load_vae`` loads it like any other VAE.
+(safetensors) plus a ``training_report.json``. ``ensure_demo_vae(profile)`` trains it once and reuses it
+afterwards; ``helpers.frozen.load_vae`` loads it like any other VAE.
+
+Where: ``<outputs>/vae/<data-name>-<res>px-<hash>/`` (:func:`demo_vae_dir`), never inside the data folder. The hash
+covers the training images (names and sizes), their preparation (resolution, background, crop to content) and the
+recipe (:func:`recipe`, with :data:`DEMO_VAE_VERSION`): change any of them and a new VAE is trained; re-run and the
+old one is reused.
 
 Training is deterministic for a given seed, data set and number of threads (it fixes torch's thread count while it
 runs). Some monsters are held out (never trained on) to measure reconstruction PSNR on unseen sprites.
@@ -20,7 +25,7 @@ import platform
 import random
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +33,12 @@ from tqdm.auto import tqdm
 
 from .paths import atomic_folder
 
-DEMO_VAE_VERSION = 1  # bump when the recipe changes: ensure_demo_vae then retrains
+if TYPE_CHECKING:
+    from .data import TrainSet
+    from .profiles import Profile
+
+DEMO_VAE_VERSION = 2  # bump when the recipe changes: ensure_demo_vae then trains a new one (2: any data set)
+WHITE = (255, 255, 255)
 
 # 3 levels -> downsampling factor 4: 64 px images <-> 16x16x4 latents. Narrow on purpose: the decoder at full
 # resolution dominates the cost; this size reaches ~28 dB held-out PSNR in 1500 steps (~2 min on 2 CPU cores).
@@ -50,13 +60,13 @@ DEMO_VAE_CONFIG: dict = dict(
 DEFAULT_STEPS = 1500
 SMOKE_STEPS = 8
 DEFAULT_BATCH_SIZE = 12
+SMOKE_BATCH_SIZE = 4
 DEFAULT_CROP = 24  # train on random 24x24 crops (on the 4-px latent grid): 7x cheaper than 64 px, same network
 DEFAULT_LR = 6e-3
 KL_WEIGHT = 1e-6
+HOLDOUT_FRACTION = 0.1
 LOGVAR_INIT = -4.0  # start with a narrow posterior (std ~0.14) so the sampled latents are useful from step 0
 REPORT_NAME = "training_report.json"
-
-
 # --------------------------------------------------------------------------------------------------- metrics
 def psnr_from_mse(mse: float) -> float:
     """PSNR in dB of images in [0, 1] from their mean squared error."""
@@ -95,22 +105,56 @@ def reconstruction_psnr(vae, images: torch.Tensor, batch_size: int = 64) -> floa
 
 # --------------------------------------------------------------------------------------------------- data
 def monster_id(key: str) -> str:
-    """The monster of a course key ``<monsterID>_<ACTION>`` (the whole key when it has no ``_``)."""
-    return key.split("_", 1)[0] if "_" in key else key
+    """The monster of a course key ``<monsterID>_<ACTION>`` (monster IDs may contain ``_``; the whole key when it
+    has none, e.g. an imagefolder file stem)."""
+    return key.rsplit("_", 1)[0] if "_" in key else key
 
 
-def data_hash(data_dir: str | Path) -> str:
-    """A quick fingerprint of a data set: the training file names and sizes, and the caption file."""
-    root = Path(data_dir)
+def data_hash(train_set: TrainSet) -> str:
+    """A quick fingerprint of the training images: every example's key, file name and size."""
     h = hashlib.sha256()
-    for name in ("train_info.json", "metadata.jsonl"):
-        if (root / name).exists():
-            h.update(name.encode() + b"\0" + (root / name).read_bytes())
-    train = root / "train" if (root / "train").is_dir() else root
-    for p in sorted(train.rglob("*")):
-        if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"):
-            h.update(f"{p.relative_to(root).as_posix()}\0{p.stat().st_size}\n".encode())
+    for ex in sorted(train_set.examples, key=lambda e: (e.key, str(e.path))):
+        h.update(f"{ex.key}\0{Path(ex.path).name}\0{Path(ex.path).stat().st_size}\n".encode())
     return h.hexdigest()[:16]
+
+
+def recipe(smoke: bool = False) -> dict:
+    """What :func:`ensure_demo_vae` trains with (``smoke``: a few steps, for tests)."""
+    return {"version": DEMO_VAE_VERSION, "steps": SMOKE_STEPS if smoke else DEFAULT_STEPS,
+            "batch_size": SMOKE_BATCH_SIZE if smoke else DEFAULT_BATCH_SIZE, "crop_size": DEFAULT_CROP,
+            "lr": DEFAULT_LR, "kl_weight": KL_WEIGHT, "holdout_fraction": HOLDOUT_FRACTION, "seed": 0,
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in DEMO_VAE_CONFIG.items()}}
+
+
+def demo_vae_dir(profile: Profile, train_set: TrainSet) -> Path:
+    """``<outputs>/vae/<data-name>-<res>px-<hash>/``: the folder of the VAE that :func:`ensure_demo_vae` trains for
+    ``profile`` on ``train_set`` (the hash covers :func:`data_hash`, the image preparation and :func:`recipe`)."""
+    settings = {"data": data_hash(train_set), "resolution": profile.resolution,
+                "background": list(profile.background), "crop_to_content": profile.crop_to_content,
+                "recipe": recipe(profile.smoke)}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return profile.demo_vae_root / f"{train_set.root.name}-{profile.resolution}px-{key}"
+
+
+def load_images(source: TrainSet | str | Path, resolution: int, background: tuple[int, int, int] = WHITE,
+                crop_to_content: bool = False, *, progress: bool = True) -> tuple[torch.Tensor, list[str]]:
+    """All training images of ``source`` (a TrainSet, or a data folder that is read with
+    :func:`helpers.data.load_train_set`) as uint8 ``[N,3,R,R]`` + their keys, prepared like training images."""
+    import numpy as np
+
+    from .data import DataError, TrainSet, load_train_set
+    from .images import load_image
+
+    train_set = source if isinstance(source, TrainSet) else load_train_set(source, verbose=False)
+    if not train_set.examples:
+        raise DataError(f"{train_set.root} has no training images: the demo VAE needs some (see data/README.md).")
+    arrays, keys = [], []
+    examples = train_set.examples
+    for ex in tqdm(examples, desc="loading images", leave=False, disable=not progress or len(examples) < 500):
+        img = load_image(ex.path, resolution, background=background, crop_to_content=crop_to_content)
+        arrays.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
+        keys.append(ex.key)
+    return torch.stack(arrays), keys
 
 
 def split_holdout(keys: Sequence[str], holdout_fraction: float, seed: int = 0) -> tuple[set[str], set[str]]:
@@ -127,26 +171,6 @@ def split_holdout(keys: Sequence[str], holdout_fraction: float, seed: int = 0) -
         n_hold = min(len(monsters) - 1, max(1, round(holdout_fraction * len(monsters))))
     held = set(shuffled[:n_hold])
     return set(monsters) - held, held
-
-
-def load_images(data_dir: str | Path, resolution: int, background=(255, 255, 255),
-                ) -> tuple[torch.Tensor, list[str]]:
-    """All training images of a course-format (or imagefolder) data set as uint8 ``[N,3,R,R]`` + their keys."""
-    import numpy as np
-
-    from .data import load_image, load_train_set
-
-    train_set = load_train_set(data_dir)
-    if not train_set.examples:
-        from .data import DataError
-
-        raise DataError(f"{data_dir} has no training images: the demo VAE needs some (see data/README.md).")
-    arrays, keys = [], []
-    for ex in tqdm(train_set.examples, desc="loading images", leave=False, disable=len(train_set.examples) < 500):
-        img = load_image(ex.path, resolution, background=background)
-        arrays.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
-        keys.append(ex.key)
-    return torch.stack(arrays), keys
 
 
 def _to_float(images_u8: torch.Tensor) -> torch.Tensor:
@@ -183,31 +207,94 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_demo_vae(data_dir: str | Path, out_dir: str | Path, *, steps: int = DEFAULT_STEPS,
-                   batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, resolution: int = 64,
-                   holdout_fraction: float = 0.1, lr: float = DEFAULT_LR, kl_weight: float = KL_WEIGHT,
-                   crop_size: int | None = DEFAULT_CROP,
-                   config: dict | None = None, num_threads: int | None = None, device: str = "cpu",
-                   overwrite: bool = False, progress: bool = True, smoke: bool = False) -> Path:
-    """Train the demo ``AutoencoderKL`` on the images of ``data_dir`` and save it into ``out_dir``; returns it.
+def _train_loop(vae, train_u8: torch.Tensor, gen: torch.Generator, *, steps: int, batch_size: int, lr: float,
+                kl_weight: float, crop_size: int | None, device: str, progress: bool) -> dict:
+    """The optimisation: ``steps`` AdamW steps on flipped random crops; returns wall and CPU seconds."""
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=1e-4, betas=(0.9, 0.99))
+    warmup = max(1, min(50, steps // 10))
+    t_train, cpu_train = time.perf_counter(), time.process_time()
+    bar = tqdm(range(steps), desc="training the demo VAE", disable=not progress, mininterval=1.0)
+    mse_ema = None
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps, lr, warmup)
+        idx = torch.randint(len(train_u8), (batch_size,), generator=gen)
+        x = _to_float(train_u8[idx])
+        flip = torch.rand(batch_size, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if crop_size:
+            x = random_crops(x, crop_size, gen)
+        x = x.to(device)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+        mse = F.mse_loss(vae.decode(z).sample, x)
+        loss = mse + kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        mse_ema = mse.item() if mse_ema is None else 0.95 * mse_ema + 0.05 * mse.item()
+        if progress and (step % 20 == 0 or step == steps - 1):  # PSNR of the (noisy) training crops
+            bar.set_postfix(mse=f"{mse_ema:.4f}", psnr=f"{psnr_from_mse(mse_ema / 4):.1f} dB")
+    return {"seconds_train": round(time.perf_counter() - t_train, 1),
+            "seconds_cpu": round(time.process_time() - cpu_train, 1)}  # CPU time of the loop, all threads
 
-    Recipe: MSE reconstruction of a posterior sample + ``kl_weight`` * KL, AdamW (``lr``, warm-up then cosine),
-    random horizontal flips and random ``crop_size`` crops (the network is convolutional: it is trained on crops
-    and used on whole images, as Stable Diffusion's VAE was; ``None`` trains on whole images). The monsters in a
-    ``holdout_fraction`` are never trained on; their reconstruction PSNR is reported. Afterwards
-    ``scaling_factor`` = 1 / std of the training latents. Saving is atomic (temporary folder, then rename); an
-    existing ``out_dir`` is replaced only with ``overwrite=True``. Deterministic for a given seed, data set,
-    ``num_threads`` (default: min(4, CPU count)) and device.
+
+@torch.no_grad()
+def _calibrate_and_measure(vae, train_u8: torch.Tensor, held_u8: torch.Tensor, gen: torch.Generator,
+                           device: str) -> dict:
+    """Freeze ``vae``, set ``scaling_factor`` = 1 / std of the training latents the UNet will see (posterior
+    samples, as SD did) and measure the reconstruction PSNR of (some) training and all held-out images."""
+    vae.eval().requires_grad_(False)
+    lat = []
+    for start in range(0, len(train_u8), 64):
+        post = vae.encode(_to_float(train_u8[start:start + 64]).to(device)).latent_dist
+        lat.append((post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)).cpu())
+    lat = torch.cat(lat)
+    latent_std, latent_mean = lat.std().item(), lat.mean().item()
+    vae.register_to_config(scaling_factor=float(1.0 / latent_std))
+    psnr_train = reconstruction_psnr(vae, _to_float(train_u8[::max(1, len(train_u8) // 256)]))
+    psnr_held = reconstruction_psnr(vae, _to_float(held_u8)) if len(held_u8) else None
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return {"psnr_train_db": round(psnr_train, 2),
+            "psnr_heldout_db": None if psnr_held is None else round(psnr_held, 2),
+            "scaling_factor": vae.config.scaling_factor, "latent_std_raw": latent_std,
+            "latent_mean_raw": latent_mean,
+            "latent_shape": [int(vae.config.latent_channels), train_u8.shape[-2] // factor,
+                             train_u8.shape[-1] // factor]}
+
+
+def train_demo_vae(source: TrainSet | str | Path, out_dir: str | Path, *, steps: int = DEFAULT_STEPS,
+                   batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, resolution: int = 64,
+                   holdout_fraction: float = HOLDOUT_FRACTION, lr: float = DEFAULT_LR, kl_weight: float = KL_WEIGHT,
+                   crop_size: int | None = DEFAULT_CROP, config: dict | None = None,
+                   background: tuple[int, int, int] = WHITE, crop_to_content: bool = False,
+                   num_threads: int | None = None, device: str = "cpu", overwrite: bool = False,
+                   progress: bool = True, smoke: bool = False) -> Path:
+    """Train the demo ``AutoencoderKL`` on the images of ``source`` (a TrainSet or a data folder, read only) and
+    save it into ``out_dir``; returns ``out_dir``.
+
+    Images are prepared like training images (``resolution``, ``background``, ``crop_to_content``). Recipe: MSE
+    reconstruction of a posterior sample + ``kl_weight`` * KL, AdamW (``lr``, warm-up then cosine), random
+    horizontal flips and random ``crop_size`` crops (the network is convolutional: it is trained on crops and used
+    on whole images, as Stable Diffusion's VAE was; ``None`` trains on whole images). The monsters in a
+    ``holdout_fraction`` are never trained on; their reconstruction PSNR is reported. Afterwards ``scaling_factor``
+    = 1 / std of the training latents. Saving is atomic (temporary folder, then rename); an existing ``out_dir``
+    is replaced only with ``overwrite=True``. Deterministic for a given seed, data set, ``num_threads`` (default:
+    min(4, CPU count)) and device.
     """
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it (or delete it).")
     t0 = time.perf_counter()
-    images_u8, keys = load_images(data_dir, resolution)
+    from .data import TrainSet, load_train_set
+
+    train_set = source if isinstance(source, TrainSet) else load_train_set(source, verbose=False)
+    images_u8, keys = load_images(train_set, resolution, background, crop_to_content, progress=progress)
     train_monsters, held_monsters = split_holdout(keys, holdout_fraction, seed)
-    train_idx = [i for i, k in enumerate(keys) if monster_id(k) in train_monsters]
-    held_idx = [i for i, k in enumerate(keys) if monster_id(k) in held_monsters]
-    train_u8 = images_u8[train_idx]
+    train_u8 = images_u8[[i for i, k in enumerate(keys) if monster_id(k) in train_monsters]]
+    held_u8 = images_u8[[i for i, k in enumerate(keys) if monster_id(k) in held_monsters]]
     load_seconds = time.perf_counter() - t0
 
     old_threads = torch.get_num_threads()
@@ -217,94 +304,27 @@ def train_demo_vae(data_dir: str | Path, out_dir: str | Path, *, steps: int = DE
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         vae = build_demo_vae(config, seed).to(device)
-        vae.train()
-        opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=1e-4, betas=(0.9, 0.99))
-        warmup = max(1, min(50, steps // 10))
-        t_train, cpu_train = time.perf_counter(), time.process_time()
-        bar = tqdm(range(steps), desc="training the demo VAE", disable=not progress, mininterval=1.0)
-        mse_ema = None
-        for step in bar:
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, steps, lr, warmup)
-            idx = torch.randint(len(train_u8), (batch_size,), generator=gen)
-            x = _to_float(train_u8[idx])
-            flip = torch.rand(batch_size, generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            if crop_size:
-                x = random_crops(x, crop_size, gen)
-            x = x.to(device)
-            posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
-            rec = vae.decode(z).sample
-            mse = F.mse_loss(rec, x)
-            kl = posterior.kl().mean()
-            loss = mse + kl_weight * kl
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            opt.step()
-            mse_ema = mse.item() if mse_ema is None else 0.95 * mse_ema + 0.05 * mse.item()
-            if progress and (step % 20 == 0 or step == steps - 1):  # PSNR of the (noisy) training crops
-                bar.set_postfix(mse=f"{mse_ema:.4f}", psnr=f"{psnr_from_mse(mse_ema / 4):.1f} dB")
-        train_seconds, cpu_seconds = time.perf_counter() - t_train, time.process_time() - cpu_train
-
-        vae.eval().requires_grad_(False)
-        # scaling factor: 1 / std of the training latents the UNet will see (posterior samples), as SD did
-        lat = []
-        with torch.no_grad():
-            for start in range(0, len(train_u8), 64):
-                post = vae.encode(_to_float(train_u8[start:start + 64]).to(device)).latent_dist
-                lat.append((post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)).cpu())
-        lat = torch.cat(lat)
-        latent_std, latent_mean = lat.std().item(), lat.mean().item()
-        vae.register_to_config(scaling_factor=float(1.0 / latent_std))
-        psnr_train = reconstruction_psnr(vae, _to_float(train_u8[::max(1, len(train_u8) // 256)]))
-        psnr_held = reconstruction_psnr(vae, _to_float(images_u8[held_idx])) if held_idx else None
+        timing = _train_loop(vae, train_u8, gen, steps=steps, batch_size=batch_size, lr=lr, kl_weight=kl_weight,
+                             crop_size=crop_size, device=device, progress=progress)
+        measured = _calibrate_and_measure(vae, train_u8, held_u8, gen, device)
     finally:
         torch.set_num_threads(old_threads)
-
     report = {
-        "version": DEMO_VAE_VERSION,
-        "smoke": smoke,
-        "data_dir": str(data_dir),
-        "data_hash": data_hash(data_dir),
-        "resolution": resolution,
-        "n_images": len(keys),
-        "n_train_images": len(train_idx),
-        "n_heldout_images": len(held_idx),
-        "heldout_monsters": sorted(held_monsters),
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "kl_weight": kl_weight,
-        "crop_size": crop_size,
-        "seed": seed,
-        "num_threads": threads,
-        "device": str(device),
-        "seconds_train": round(train_seconds, 1),
-        "seconds_cpu": round(cpu_seconds, 1),  # CPU time of the training loop, all threads
-        "seconds_total": round(time.perf_counter() - t0, 1),
-        "seconds_loading": round(load_seconds, 1),
-        "psnr_train_db": round(psnr_train, 2),
-        "psnr_heldout_db": None if psnr_held is None else round(psnr_held, 2),
-        "scaling_factor": vae.config.scaling_factor,
-        "latent_std_raw": latent_std,
-        "latent_mean_raw": latent_mean,
-        "latent_shape": [int(vae.config.latent_channels), resolution // 2 ** (len(vae.config.block_out_channels) - 1),
-                         resolution // 2 ** (len(vae.config.block_out_channels) - 1)],
-        "parameters": sum(p.numel() for p in vae.parameters()),
+        "version": DEMO_VAE_VERSION, "smoke": smoke, "data": str(train_set.root), "data_format": train_set.format,
+        "data_hash": data_hash(train_set), "resolution": resolution, "background": list(background),
+        "crop_to_content": crop_to_content, "n_images": len(keys), "n_train_images": len(train_u8),
+        "n_heldout_images": len(held_u8), "heldout_monsters": sorted(held_monsters), "steps": steps,
+        "batch_size": batch_size, "lr": lr, "kl_weight": kl_weight, "crop_size": crop_size, "seed": seed,
+        "num_threads": threads, "device": str(device), **timing,
+        "seconds_total": round(time.perf_counter() - t0, 1), "seconds_loading": round(load_seconds, 1),
+        **measured, "parameters": sum(p.numel() for p in vae.parameters()),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in (config or DEMO_VAE_CONFIG).items()},
-        "torch": torch.__version__,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
     }
-    _save_atomic(vae.cpu(), report, out_dir, overwrite)
-    return out_dir
-
-
-def _save_atomic(vae, report: dict, out_dir: Path, overwrite: bool) -> None:
     with atomic_folder(out_dir, replace=overwrite) as tmp:
-        vae.save_pretrained(tmp, safe_serialization=True)
+        vae.cpu().save_pretrained(tmp, safe_serialization=True)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    return out_dir
 
 
 def read_report(vae_dir: str | Path) -> dict | None:
@@ -316,32 +336,39 @@ def read_report(vae_dir: str | Path) -> dict | None:
         return None
 
 
-def _usable(vae_dir: Path, data_dir: Path, smoke: bool) -> bool:
+def _complete(vae_dir: Path) -> bool:
+    """A finished VAE of the current recipe (config, weights, report) is in ``vae_dir``."""
     report = read_report(vae_dir)
-    return (report is not None and (vae_dir / "config.json").exists()
-            and any(vae_dir.glob("diffusion_pytorch_model*.safetensors"))
-            and report.get("version") == DEMO_VAE_VERSION and report.get("data_hash") == data_hash(data_dir)
-            and (smoke or not report.get("smoke")))
+    return (report is not None and report.get("version") == DEMO_VAE_VERSION and (vae_dir / "config.json").exists()
+            and any(vae_dir.glob("diffusion_pytorch_model*.safetensors")))
 
 
-def ensure_demo_vae(data_dir: str | Path, smoke: bool = False, *, progress: bool = True) -> Path:
-    """``<data_dir>/vae``: trained when missing or outdated (data or recipe changed), reused otherwise.
+def ensure_demo_vae(profile: Profile, train_set: TrainSet | None = None, *, progress: bool = True) -> Path:
+    """The VAE ``profile.vae`` (a :func:`demo_vae_dir` folder): trained on the profile's data on first use, reused
+    afterwards. ``train_set``: the profile's data set when already loaded (else it is loaded here).
 
-    ``smoke`` trains only a few steps (for tests); a smoke VAE is never reused by a non-smoke run.
+    The training images are prepared like the profile's (resolution, background, ``crop_to_content``); a smoke
+    profile trains only a few steps (its folder differs from a full run's, so it never serves one).
     """
-    data_dir = Path(data_dir)
-    vae_dir = data_dir / "vae"
-    if _usable(vae_dir, data_dir, smoke):
+    if not profile.vae_trained_here:
+        raise ValueError(f"{profile.vae} is not a VAE trained by helpers.demo_vae (those live in "
+                         f"{profile.demo_vae_root}); load it with helpers.frozen.load_vae.")
+    vae_dir = Path(profile.vae)
+    if _complete(vae_dir):
         return vae_dir
     if progress:
-        how = "smoke: a few steps" if smoke else "about 2 minutes on a 2-core CPU"
-        print(f"Training the demo VAE into {vae_dir} ({how})...")
-    steps = SMOKE_STEPS if smoke else DEFAULT_STEPS
-    batch_size = 4 if smoke else DEFAULT_BATCH_SIZE
+        how = "smoke: a few steps" if profile.smoke else "about 2 minutes on a 2-core CPU"
+        print(f"Training the demo VAE on {profile.data_dir} into {vae_dir} ({how})...")
+    if train_set is None:
+        train_set = profile.load_train_set(verbose=False, progress=progress)
+    r = recipe(profile.smoke)
     # smoke: one thread (a few tiny steps; avoids slow thread hand-offs when tests share a busy CPU)
-    train_demo_vae(data_dir, vae_dir, steps=steps, batch_size=batch_size, overwrite=True, progress=progress,
-                   smoke=smoke, num_threads=1 if smoke else None)
-    if progress and not smoke:
+    train_demo_vae(train_set, vae_dir, steps=r["steps"], batch_size=r["batch_size"], seed=r["seed"],
+                   resolution=profile.resolution, holdout_fraction=r["holdout_fraction"], lr=r["lr"],
+                   kl_weight=r["kl_weight"], crop_size=r["crop_size"], background=profile.background,
+                   crop_to_content=profile.crop_to_content, overwrite=True, progress=progress, smoke=profile.smoke,
+                   num_threads=1 if profile.smoke else None)
+    if progress and not profile.smoke:
         report = read_report(vae_dir) or {}
         print(f"Demo VAE: held-out PSNR {report.get('psnr_heldout_db')} dB, train PSNR {report.get('psnr_train_db')}"
               f" dB, scaling_factor {report.get('scaling_factor', 0):.4f}, {report.get('seconds_total')} s.")

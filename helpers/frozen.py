@@ -351,12 +351,13 @@ class FrozenModels:
 def load_frozen_models(profile) -> FrozenModels:
     """Load the profile's text encoder and VAE, frozen, on ``profile.device``.
 
-    In the demo profile the small VAE is trained first when it is missing (``demo_vae.ensure_demo_vae``).
+    A VAE that the demo stack trains on the profile's data (``profile.vae_trained_here``) is trained first when it
+    is missing (``demo_vae.ensure_demo_vae``).
     """
-    if profile.name == "demo" and Path(profile.vae) == Path(profile.data_dir) / "vae":
+    if profile.vae_trained_here:
         from .demo_vae import ensure_demo_vae
 
-        ensure_demo_vae(profile.data_dir, smoke=profile.smoke)
+        ensure_demo_vae(profile)
     text_encoder = load_text_encoder(profile.text_encoder, device=profile.device)
     vae = load_vae(profile.vae, subfolder=profile.vae_subfolder, device=profile.device)
     return FrozenModels(text_encoder=text_encoder, vae=vae, profile=profile)

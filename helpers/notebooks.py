@@ -3,6 +3,11 @@
     python -m helpers.notebooks                      # all chapters, profile auto, into outputs/executed/
     python -m helpers.notebooks --smoke --profile demo --data-dir /tmp/d --outputs-dir /tmp/o 01 02
     python -m helpers.notebooks --profile course --text-encoder ~/models/clip --vae ~/models/sd-v1-4 -p guidance_scale=3
+    python -m helpers.notebooks --profile demo --data-dir my_sprites/ -p resolution=32 -p crop_to_content=true
+
+``-p NAME=VALUE`` sets any parameter of the parameters cells (``resolution``, ``unet_preset``, ``crop_to_content``,
+``image_column``, ``caption_column``, ``prompts``, ...); ``make run DATA=my_sprites/ PROFILE=demo ARGS="-p ..."``
+passes the same.
 """
 
 from __future__ import annotations

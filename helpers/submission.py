@@ -26,7 +26,7 @@ from PIL import Image
 from .paths import atomic_folder
 
 __all__ = ["seed_for", "export_submission", "generate_folder", "regenerate_one", "verify_submission",
-           "SubmissionReport", "zip_submission", "contact_sheet", "read_prompts"]
+           "SubmissionReport", "zip_submission", "contact_sheet", "read_prompts", "read_prompt_file"]
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -37,13 +37,72 @@ def seed_for(key: str, seed: int = 0) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
+def _prompt_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, line)`` of the non-blank lines of a UTF-8 text file."""
+    from .data import DataError
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err}). Save it as UTF-8.") from err
+    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _jsonl_prompts(path: Path) -> list:
+    """One JSON object a line: ``{"text": ..}`` (an image name is made up) or ``{"text_prompt": .., "image_name":
+    ..}``; DataError naming the file and line otherwise."""
+    from .data import DataError, TestPrompt
+
+    fix = 'each line must be {"text": "a prompt"} or {"text_prompt": "a prompt", "image_name": "<name>.png"}'
+    plist = []
+    for n, line in _prompt_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line {n}, column {err.colno}: malformed JSON ({err.msg}); {fix}.") from err
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}; {fix}.")
+        text = obj.get("text_prompt", obj.get("text"))
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}, line {n}: no prompt ('text' or 'text_prompt' missing or not a string); {fix}.")
+        name = obj.get("image_name", f"prompt_{len(plist):04d}.png")
+        if not isinstance(name, str):
+            raise DataError(f"{path}, line {n}: 'image_name' must be a string; {fix}.")
+        plist.append(TestPrompt(key=Path(name).stem, text_prompt=text.strip(), image_name=name))
+    return plist
+
+
+def read_prompt_file(path: str | Path) -> list:
+    """The prompts of a file, as ``TestPrompt`` s, by its suffix:
+
+    - ``.json``: the course's test.json ``{key: {"text_prompt", "image_name"}}`` (read by
+      :func:`helpers.data.read_test_prompts`);
+    - ``.jsonl``: one object a line, ``{"text": ..}`` or ``{"text_prompt": .., "image_name": ..}``;
+    - anything else (``.txt``): one prompt a line (blank lines are skipped).
+
+    Where there is no image name one is made up, ``prompt_<i>.png`` (``i`` counts the prompts from 0); the key of a
+    prompt is its image name without ``.png`` (the seed of its image derives from it).
+    """
+    from .data import DataError, TestPrompt, read_test_prompts
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such prompts file. Name a test.json, a .jsonl or a text file (one prompt a line).")
+    if path.suffix.lower() == ".json":
+        return read_test_prompts(path)
+    if path.suffix.lower() == ".jsonl":
+        return _jsonl_prompts(path)
+    return [TestPrompt(key=f"prompt_{i:04d}", text_prompt=line.strip(), image_name=f"prompt_{i:04d}.png")
+            for i, (_, line) in enumerate(_prompt_lines(path))]
+
+
 def read_prompts(prompts) -> list:
-    """A list of ``TestPrompt`` from a test.json path (validated by :func:`helpers.data.read_test_prompts`) or a
-    list; checks it is non-empty, image names are unique plain ``.png`` file names and keys are unique."""
-    from .data import DataError, read_test_prompts
+    """A list of ``TestPrompt`` from a prompts file (:func:`read_prompt_file`: test.json, JSONL or text) or a list;
+    checks it is non-empty, image names are unique plain ``.png`` file names and keys are unique."""
+    from .data import DataError
 
     if isinstance(prompts, (str, Path)):
-        plist = read_test_prompts(prompts)
+        plist = read_prompt_file(prompts)
         where = str(prompts)
     else:
         plist = list(prompts)
@@ -117,10 +176,11 @@ def export_submission(tti, prompts, out_dir: str | Path, *, size: int, guidance_
     """Generate one ``size`` x ``size`` RGB PNG per prompt into ``out_dir/<image_name>``; returns ``out_dir``.
 
     ``tti``: a text-to-image object with ``generate(prompts, seeds, guidance_scale=, steps=, scheduler=,
-    batch_size=, progress=) -> list[PIL.Image]`` (:class:`helpers.sampling.TextToImage`). ``prompts``: a test.json
-    path or a list of ``TestPrompt``. Seeds: :func:`seed_for` ``(key, seed)``. Images of another size are resized
-    (Lanczos) with a warning. If ``out_dir`` holds files: ``FileExistsError`` unless ``overwrite=True``, which
-    replaces the folder (never a mix of two submissions). Settings and seeds go to ``<out_dir>.json``.
+    batch_size=, progress=) -> list[PIL.Image]`` (:class:`helpers.sampling.TextToImage`). ``prompts``: a prompts
+    file (test.json, JSONL or text: :func:`read_prompt_file`) or a list of ``TestPrompt``. Seeds: :func:`seed_for`
+    ``(key, seed)``. Images of another size are resized (Lanczos) with a warning. If ``out_dir`` holds files:
+    ``FileExistsError`` unless ``overwrite=True``, which replaces the folder (never a mix of two submissions).
+    Settings and seeds go to ``<out_dir>.json``.
     """
     plist = read_prompts(prompts)
     out_dir = Path(out_dir)

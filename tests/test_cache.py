@@ -121,3 +121,21 @@ def test_interrupted_build_leaves_no_cache_that_looks_complete(setup, monkeypatc
     monkeypatch.undo()
     folder = build_cache(train_set, frozen, other)
     assert load_cache(folder).n_images == len(train_set.examples)
+
+
+def test_crop_to_content_comes_from_the_profile(setup, tmp_path):
+    """profile.crop_to_content: another cache (its key includes it) of the cropped images."""
+    from dataclasses import replace
+
+    profile, frozen, train_set, folder = setup
+    cropped = replace(profile, crop_to_content=True, outputs_dir=tmp_path)
+    subset = train_set.without_keys(train_set.keys()[2:])  # two keys: a few images are enough
+    crop_folder = build_cache(subset, frozen, cropped)
+    assert crop_folder.name != build_cache(subset, frozen, replace(cropped, crop_to_content=False)).name
+    cache = load_cache(crop_folder)
+    assert cache.meta["crop_to_content"] is True
+    image = pil_to_tensor(load_image(subset.examples[0].path, 32, crop_to_content=True))[None]
+    plain = pil_to_tensor(load_image(subset.examples[0].path, 32))[None]
+    mean, _ = encode_images(frozen.vae, image)
+    torch.testing.assert_close(cache.mean[0].float(), mean[0], atol=2e-3, rtol=2e-3)
+    assert not torch.allclose(encode_images(frozen.vae, plain)[0][0], mean[0], atol=2e-3, rtol=2e-3)

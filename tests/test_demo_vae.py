@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from helpers import demo_vae
-from helpers.demo_data import ensure_demo_dataset, make_demo_dataset
+from helpers.data import load_image, load_train_set
+from helpers.demo_data import make_demo_dataset
 from helpers.frozen import load_vae, scaling_factor
+from helpers.profiles import resolve_profile
 
 TINY_CONFIG = dict(demo_vae.DEMO_VAE_CONFIG, block_out_channels=(8, 16), norm_num_groups=4,
                    down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
@@ -41,7 +45,7 @@ def test_train_saves_a_loadable_vae_with_scaling_factor(trained, tiny_data):
     for key in ("steps", "seconds_train", "seconds_cpu", "psnr_train_db", "psnr_heldout_db", "data_hash",
                 "heldout_monsters"):
         assert key in report, key
-    assert report["steps"] == 3 and report["data_hash"] == demo_vae.data_hash(tiny_data)
+    assert report["steps"] == 3 and report["data_hash"] == demo_vae.data_hash(load_train_set(tiny_data, verbose=False))
     assert report["latent_shape"] == [4, 16, 16]
     assert report["n_heldout_images"] > 0 and report["n_train_images"] + report["n_heldout_images"] == 16
 
@@ -80,8 +84,31 @@ def test_reconstruction_psnr(trained):
         demo_vae.reconstruction_psnr(vae, images[:0])
 
 
-def test_ensure_demo_vae_trains_once_then_reuses(tmp_path, monkeypatch):
-    data = ensure_demo_dataset(tmp_path / "demo-smoke", smoke=True)
+def _files(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_monster_ids_may_contain_underscores():
+    assert demo_vae.monster_id("fire_imp_01_attack") == "fire_imp_01"
+    assert demo_vae.monster_id("m007_walk") == "m007" and demo_vae.monster_id("0001") == "0001"
+    train, held = demo_vae.split_holdout(["fire_imp_01_attack", "fire_imp_01_walk", "ice_bat_attack"], 0.5)
+    assert train | held == {"fire_imp_01", "ice_bat"} and len(held) == 1
+
+
+def test_training_images_are_prepared_like_the_profiles(tiny_data):
+    """crop_to_content: the VAE trains on the cropped sprites (as the cache and the held-out references see them)."""
+    train_set = load_train_set(tiny_data, verbose=False)
+    plain, keys = demo_vae.load_images(train_set, 32)
+    cropped, _ = demo_vae.load_images(train_set, 32, crop_to_content=True)
+    first = train_set.examples[0]
+    assert keys[0] == first.key and cropped.shape == plain.shape == (16, 3, 32, 32)
+    want = torch.from_numpy(__import__("numpy").asarray(load_image(first.path, 32, crop_to_content=True)).copy())
+    assert torch.equal(cropped[0], want.permute(2, 0, 1)) and not torch.equal(cropped[0], plain[0])
+
+
+def test_ensure_demo_vae_trains_once_under_outputs_then_reuses(tmp_path, monkeypatch):
+    data = make_demo_dataset(tmp_path / "my_sprites", n_species=2, n_frames=1)
+    before = _files(data)
     calls = []
     real_train = demo_vae.train_demo_vae
 
@@ -90,34 +117,46 @@ def test_ensure_demo_vae_trains_once_then_reuses(tmp_path, monkeypatch):
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(demo_vae, "train_demo_vae", counting_train)
-    path = demo_vae.ensure_demo_vae(data, smoke=True, progress=False)
-    assert path == data / "vae" and len(calls) == 1 and calls[0]["steps"] == demo_vae.SMOKE_STEPS
-    assert calls[0]["num_threads"] == 1
+    profile = resolve_profile("demo", smoke=True, data_dir=data, outputs_dir=tmp_path / "out", device="cpu",
+                              verbose=False)
+    path = demo_vae.ensure_demo_vae(profile, progress=False)
+    assert path == Path(profile.vae) and path.parent == tmp_path / "out" / "vae" and len(calls) == 1
+    assert calls[0]["steps"] == demo_vae.SMOKE_STEPS and calls[0]["num_threads"] == 1
+    assert calls[0]["crop_to_content"] is False and calls[0]["resolution"] == 64
+    assert _files(data) == before  # the data folder is only read
     vae = load_vae(path)
     assert list(vae.config.block_out_channels) == list(demo_vae.DEMO_VAE_CONFIG["block_out_channels"])
     with torch.no_grad():
         latents = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
     assert latents.shape == (1, 4, 16, 16)  # 64 px -> 16x16x4
 
-    assert demo_vae.ensure_demo_vae(data, smoke=True, progress=False) == path
+    assert demo_vae.ensure_demo_vae(profile, progress=False) == path
     assert len(calls) == 1  # reused
-    assert not demo_vae._usable(path, data, smoke=False)  # a smoke VAE never serves a full run
-    # the data set changed -> retrained
-    info = data / "train_info.json"
-    info.write_text(info.read_text() + "\n")
-    demo_vae.ensure_demo_vae(data, smoke=True, progress=False)
-    assert len(calls) == 2
+    # cropped sprites are other training images: another VAE, trained on them
+    cropped = resolve_profile("demo", smoke=True, data_dir=data, outputs_dir=tmp_path / "out", device="cpu",
+                              verbose=False, crop_to_content=True)
+    assert demo_vae.ensure_demo_vae(cropped, progress=False) != path
+    assert len(calls) == 2 and calls[1]["crop_to_content"] is True
+    assert demo_vae.read_report(cropped.vae)["crop_to_content"] is True
+    elsewhere = shutil.copytree(path, tmp_path / "my_vae")
+    own = resolve_profile("demo", data_dir=data, vae=elsewhere, outputs_dir=tmp_path / "out", device="cpu",
+                          verbose=False)
+    assert not own.vae_trained_here
+    with pytest.raises(ValueError, match="not a VAE trained by helpers.demo_vae"):
+        demo_vae.ensure_demo_vae(own)
 
 
-def test_load_frozen_models_demo_profile(tmp_path):
+def test_load_frozen_models_demo_profile(tmp_path, monkeypatch):
     """The demo profile end to end: the packaged MiniLM text encoder + the demo VAE trained on first use."""
+    from helpers import profiles
     from helpers.frozen import load_frozen_models
-    from helpers.profiles import resolve_profile
 
-    profile = resolve_profile("demo", smoke=True, data_dir=tmp_path / "demo-smoke", outputs_dir=tmp_path / "out",
-                              device="cpu", verbose=False)
+    monkeypatch.setattr(profiles, "data_root", lambda: tmp_path / "data")
+    profile = resolve_profile("demo", smoke=True, outputs_dir=tmp_path / "out", device="cpu", verbose=False)
     fm = load_frozen_models(profile)
-    assert (profile.data_dir / "vae" / "training_report.json").exists()
+    assert (Path(profile.vae) / "training_report.json").exists()
+    assert Path(profile.vae).parent == tmp_path / "out" / "vae"
+    assert not (profile.data_dir / "vae").exists()
     assert fm.text_encoder.kind == "bert" and fm.cross_attention_dim == 384
     assert fm.latent_shape == (4, 16, 16)
     assert fm.text_encoder.encode([""]).shape == (1, 77, 384)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from pathlib import Path
+
 from helpers import profiles
+from helpers.data import DataError
 from helpers.demo_data import SMOKE, make_demo_dataset
 from helpers.profiles import COURSE_TEXT_ENCODER, COURSE_VAE, resolve_profile, vae_location
 
@@ -25,12 +28,46 @@ def test_vae_location(tmp_path, tiny_sd_dir, tiny_vae_dir):
     assert vae_location(str(tiny_vae_dir)) == (str(tiny_vae_dir), None)  # the VAE's own folder
 
 
-def test_demo_when_asked(tmp_path, offline, capsys):
-    p = resolve_profile("demo", smoke=True, data_dir=tmp_path / "d", outputs_dir=tmp_path / "o", device="cpu")
+def _files(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_demo_when_asked(tmp_path, offline, monkeypatch, capsys):
+    """data_dir=None: the generated demo set in data/demo-smoke; the VAE goes under the outputs folder."""
+    monkeypatch.setattr(profiles, "data_root", lambda: tmp_path / "data")
+    p = resolve_profile("demo", smoke=True, outputs_dir=tmp_path / "o", device="cpu")
     assert (p.name, p.smoke, p.resolution, p.unet_preset) == ("demo", True, 64, "tiny")
-    assert p.vae == str(tmp_path / "d" / "vae") and (tmp_path / "d" / "train_info.json").exists()
+    assert p.data_dir == tmp_path / "data" / "demo-smoke" and (p.data_dir / "train_info.json").exists()
+    assert p.vae_trained_here and p.vae_subfolder is None
+    assert Path(p.vae).parent == tmp_path / "o" / "vae" and Path(p.vae).name.startswith("demo-smoke-64px-")
     assert p.run_dir("main") == tmp_path / "o" / "main-smoke"
     assert "Profile: demo (smoke) - asked for" in capsys.readouterr().out
+
+
+def test_demo_stack_runs_on_any_data_folder_read_only(tmp_path, offline, capsys):
+    """A course-format folder that is not the generated demo set is used as it is (nothing written into it); its
+    VAE folder is keyed by its images, their preparation and the resolution."""
+    data = make_demo_dataset(tmp_path / "my_sprites", n_species=2, n_frames=1)
+    (data / ".demo_dataset.json").unlink()  # not ours any more: a user's folder
+    before = _files(data)
+    p = resolve_profile("demo", smoke=True, data_dir=data, outputs_dir=tmp_path / "o", device="cpu")
+    assert p.data_dir == data and p.vae_trained_here and "asked for, on" in capsys.readouterr().out
+    assert Path(p.vae).parent == tmp_path / "o" / "vae" and Path(p.vae).name.startswith("my_sprites-64px-")
+    assert _files(data) == before
+    again = resolve_profile("demo", smoke=True, data_dir=data, outputs_dir=tmp_path / "o", device="cpu",
+                            verbose=False)
+    assert again.vae == p.vae  # stable
+    others = [resolve_profile("demo", smoke=True, data_dir=data, outputs_dir=tmp_path / "o", device="cpu",
+                              verbose=False, **kw).vae
+              for kw in ({"resolution": 32}, {"crop_to_content": True})]
+    full = resolve_profile("demo", smoke=False, data_dir=data, outputs_dir=tmp_path / "o", device="cpu",
+                           verbose=False)
+    assert len({p.vae, *others, full.vae}) == 4  # resolution, crop and recipe (smoke) each change the folder
+    first = sorted((data / "train").iterdir())[0]
+    first.write_bytes(first.read_bytes() + b"\0")  # one image changed: another VAE
+    assert resolve_profile("demo", smoke=True, data_dir=data, outputs_dir=tmp_path / "o", device="cpu",
+                           verbose=False).vae != p.vae
+    assert not (tmp_path / "o" / "vae").exists()  # resolving trains nothing
 
 
 def test_auto_falls_back_to_demo_and_says_why(tmp_path, offline, monkeypatch, capsys):
@@ -38,15 +75,58 @@ def test_auto_falls_back_to_demo_and_says_why(tmp_path, offline, monkeypatch, ca
     p = resolve_profile("auto", smoke=True, outputs_dir=tmp_path / "o", device="cpu")
     assert p.name == "demo" and p.data_dir == tmp_path / "data" / "demo-smoke"
     assert f"no course data in {tmp_path / 'data' / 'hw6'}" in p.reason
-    # with the data there, the missing models are the reason
+    # with the data there, the missing models are the reason; the generated demo set runs
     course = make_demo_dataset(tmp_path / "data" / "hw6", **SMOKE)
     p = resolve_profile("auto", smoke=True, outputs_dir=tmp_path / "o", device="cpu", verbose=False)
     assert p.name == "demo" and f"{COURSE_TEXT_ENCODER}: hub unreachable" in p.reason
-    assert course.exists()
+    assert p.data_dir == tmp_path / "data" / "demo-smoke"
+    # a data_dir given: the demo stack runs on it, and the banner says so
+    p = resolve_profile("auto", smoke=True, data_dir=course, outputs_dir=tmp_path / "o", device="cpu")
+    assert p.name == "demo" and p.data_dir == course and p.vae_trained_here
+    assert f"using the demo stack on {course}" in " ".join(capsys.readouterr().out.split())
 
 
-def test_course_refuses_with_what_is_missing(tmp_path, offline):
+def test_scale_is_a_parameter(tmp_path, offline, tiny_clip_dir, tiny_sd_dir):
+    """resolution / unet_preset override the profile's; None keeps it; impossible values are refused clearly."""
+    data = make_demo_dataset(tmp_path / "hw6", n_species=2, n_frames=1)
+    kw = dict(data_dir=data, outputs_dir=tmp_path / "o", device="cpu", verbose=False)
+    p = resolve_profile("demo", resolution=128, unet_preset="reference", crop_to_content=True,
+                        image_column="img", caption_column="caps", **kw)
+    assert (p.resolution, p.unet_preset, p.crop_to_content) == (128, "reference", True)
+    assert (p.image_column, p.caption_column) == ("img", "caps")
+    assert (resolve_profile("demo", **kw).resolution, resolve_profile("demo", **kw).unet_preset) == (64, "demo")
+    course = resolve_profile("course", text_encoder=tiny_clip_dir, vae=tiny_sd_dir, resolution=128,
+                             unet_preset="demo", **kw)
+    assert (course.name, course.resolution, course.unet_preset) == ("course", 128, "demo")
+    with pytest.raises(ValueError, match="multiple of 16 .e.g. 64 or 80"):
+        resolve_profile("demo", resolution=72, **kw)  # demo VAE /4, demo UNet /4
+    with pytest.raises(ValueError, match="divides the side by 8 .* multiple of 32"):  # SD-like VAE, demo UNet
+        resolve_profile("course", text_encoder=tiny_clip_dir, vae=tiny_sd_dir, resolution=100, unet_preset="demo",
+                        **kw)
+    with pytest.raises(ValueError, match="not a UNet preset: choose one of 'reference', 'demo', 'tiny'"):
+        resolve_profile("demo", unet_preset="huge", **kw)
+    with pytest.raises(ValueError, match="positive number of pixels"):
+        resolve_profile("demo", resolution=-64, **kw)
+
+
+def test_missing_data_folder_is_named(tmp_path, offline):
+    with pytest.raises(DataError, match=f"{tmp_path / 'typo'}: no such folder"):
+        resolve_profile("demo", data_dir=tmp_path / "typo", outputs_dir=tmp_path / "o", device="cpu", verbose=False)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_profile_load_train_set(tmp_path, offline):
+    data = make_demo_dataset(tmp_path / "d", n_species=2, n_frames=1)
+    p = resolve_profile("demo", data_dir=data, outputs_dir=tmp_path / "o", device="cpu", verbose=False)
+    train_set = p.load_train_set(verbose=False)
+    assert train_set.root == data and len(train_set) == 8
+
+
+def test_course_refuses_with_what_is_missing(tmp_path, offline, monkeypatch):
+    monkeypatch.setattr(profiles, "data_root", lambda: tmp_path / "data")
     with pytest.raises(FileNotFoundError, match=r"course profile cannot run: no course data in .*missing train"):
+        resolve_profile("course", device="cpu", verbose=False)
+    with pytest.raises(FileNotFoundError, match=r"course profile cannot run: .*nothing: no such folder"):
         resolve_profile("course", data_dir=tmp_path / "nothing", device="cpu", verbose=False)
 
 

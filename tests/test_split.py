@@ -87,14 +87,38 @@ def test_split_is_deterministic_disjoint_and_complete(train_set, tmp_path):
     assert loaded.resolution == 16 and loaded.seed == 3
 
 
-def test_changed_settings_rebuild_the_split_with_a_warning(train_set, tmp_path):
+def test_changed_settings_rebuild_the_split(train_set, tmp_path):
+    """A new resolution re-prepares the references (same keys: no warning); new held-out keys warn."""
+    import warnings
+
     a = holdout_split(train_set, out_dir=tmp_path / "h", resolution=16, fraction=0.1, seed=0)
-    with pytest.warns(UserWarning, match="rebuilding"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         b = holdout_split(train_set, out_dir=tmp_path / "h", resolution=8, fraction=0.1, seed=0)
     assert b.resolution == 8 and a.heldout_keys == b.heldout_keys
     with Image.open(next(iter(b.reference_map.values()))[0]) as im:
         assert im.size == (8, 8)
+    with pytest.warns(UserWarning, match="rebuilding"):
+        c = holdout_split(train_set, out_dir=tmp_path / "h", resolution=8, fraction=0.2, seed=0)
+    assert set(c.heldout_keys) != set(a.heldout_keys)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_references_are_prepared_like_training_images(train_set, tmp_path):
+    """crop_to_content=True: the references are cropped to their content (as training images then are), recorded in
+    split.json; switching it re-prepares them."""
+    plain = holdout_split(train_set, out_dir=tmp_path / "h", resolution=16, fraction=0.1, seed=0)
+    plain_bytes = {p.name: p.read_bytes() for v in plain.reference_map.values() for p in v}
+    cropped = holdout_split(train_set, out_dir=tmp_path / "h", resolution=16, fraction=0.1, seed=0,
+                            crop_to_content=True)
+    assert json.loads((cropped.out_dir / "split.json").read_text())["crop_to_content"] is True
+    originals = {e.path.stem: e.path for e in train_set.examples}
+    for refs in cropped.reference_map.values():
+        for ref in refs:
+            with Image.open(ref) as im:
+                want = load_image(originals[ref.stem], 16, crop_to_content=True)
+                assert np.array_equal(np.asarray(im), np.asarray(want))
+            assert ref.read_bytes() != plain_bytes[ref.name]  # the white border is gone
 
 
 def test_choose_heldout_keys():

@@ -193,3 +193,55 @@ def test_sweep_generates_and_scores_each_value(tmp_path, monkeypatch):
     assert all(verify_submission(f, prompts, 16).ok for f in res.folders)
     assert all(r[0].value is not None for r in res.results) and res.figure is not None
     assert res.best(res.results[0][0].name) in (1.0, 3.0)
+
+
+def test_prompts_from_jsonl_and_text_files(tmp_path):
+    """Any prompts file: test.json, JSONL ({"text"} or {"text_prompt", "image_name"}) or one prompt a line; image
+    names are made up where there are none, and the export uses them."""
+    from helpers.submission import read_prompts
+
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text('{"text": "a red slime"}\n\n{"text_prompt": "a blue bat", "image_name": "bat.png"}\n')
+    assert [(p.key, p.text_prompt, p.image_name) for p in read_prompts(jsonl)] == [
+        ("prompt_0000", "a red slime", "prompt_0000.png"), ("bat", "a blue bat", "bat.png")]
+    text = tmp_path / "prompts.txt"
+    text.write_text("a red slime\n\n  a green golem  \n")
+    assert [(p.key, p.text_prompt, p.image_name) for p in read_prompts(text)] == [
+        ("prompt_0000", "a red slime", "prompt_0000.png"), ("prompt_0001", "a green golem", "prompt_0001.png")]
+    test_json = write_test_json(tmp_path / "test.json", n=2)
+    assert read_prompts(test_json) == read_test_prompts(test_json)
+    out = export_submission(SeedPainter(8), text, tmp_path / "sub", size=8, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["prompt_0000.png", "prompt_0001.png"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "ok"}\n{"text": "a", \n', r"prompts.jsonl, line 2, column \d+: malformed JSON"),
+    ('{"text": "ok"}\n["a list"]\n', r"prompts.jsonl, line 2: expected a JSON object, got list"),
+    ('{"caption": "wrong key"}\n', r"prompts.jsonl, line 1: no prompt \('text' or 'text_prompt'"),
+    ('{"text": "a", "image_name": 3}\n', r"prompts.jsonl, line 1: 'image_name' must be a string"),
+    ('{"text": "a", "image_name": "a.jpg"}\n', r"'a.jpg'; submissions are PNG files"),
+    ('{"text": "a", "image_name": "x.png"}\n{"text": "b", "image_name": "x.png"}\n', "appears twice"),
+    ("\n\n", r"prompts.jsonl: no prompts to generate"),
+])
+def test_bad_jsonl_prompts_name_the_file_and_line(tmp_path, content, message):
+    from helpers.submission import read_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        read_prompts(path)
+
+
+def test_bad_prompt_files_are_named(tmp_path):
+    from helpers.submission import read_prompts
+
+    with pytest.raises(DataError, match=r"missing.txt: no such prompts file"):
+        read_prompts(tmp_path / "missing.txt")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(DataError, match=r"empty.txt: no prompts to generate"):
+        read_prompts(empty)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 monster\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.txt: not UTF-8 text"):
+        read_prompts(latin)
