@@ -1,4 +1,4 @@
-"""The data layer: readers for the course format and Hugging Face ``imagefolder``, image loading, checks.
+"""The data layer: the training-set records, the readers of every source, and the data check.
 
 Formats (detected by :func:`load_train_set` / :func:`check_dataset`):
 
@@ -9,6 +9,9 @@ Formats (detected by :func:`load_train_set` / :func:`check_dataset`):
 - **imagefolder**: ``root/metadata.jsonl`` (or ``root/train/metadata.jsonl``), one JSON object a line,
   ``{"file_name": "<path relative to the metadata file>", "text": ".." | [..]}``. The key is ``file_name`` without
   its extension (the file stem for a flat folder).
+- **datasets**: a Hugging Face ``datasets`` source (a ``save_to_disk`` folder, parquet files, a hub id) with an
+  image column and a caption column; copied once as an imagefolder under ``work_dir`` and read from there
+  (:mod:`helpers.hf_datasets`). Its key is the row number; rows that cannot be used are skipped with a report.
 
 Policies (nothing disappears silently):
 
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
+from .hf_datasets import datasets_kind, materialise
 from .images import SIXTEEN_BIT_MODES, ImageFileError, open_image
 # load_image and pil_to_tensor moved to helpers.images; kept here only until notebooks 01, 02 and 06 import them
 # from there (remove this line then).
@@ -84,13 +88,14 @@ class DataReport:
     """What :func:`check_dataset` found. ``ok`` is True when nothing was skipped and nothing is suspicious."""
 
     root: Path
-    format: str
-    n_image_files: int = 0  # image files found (before skipping)
+    format: str  # "course", "imagefolder" or "datasets"
+    n_image_files: int = 0  # image files found (before skipping); datasets: rows
     n_examples: int = 0  # usable images
     n_caption_keys: int = 0  # caption entries (course: train_info keys; imagefolder: metadata lines)
     problems: list[Problem] = field(default_factory=list)
     image_stats: Counter = field(default_factory=Counter)  # (width, height, mode) -> count, readable images only
     checked_images: bool = True  # False: load_train_set(check=False) did not open the images
+    source: str = ""  # datasets: the original source (``root`` is its copy as an imagefolder)
 
     @property
     def ok(self) -> bool:
@@ -116,7 +121,9 @@ class DataReport:
 
     def summary(self, max_files: int = 20) -> str:
         """A few lines: counts, then every skipped file (``max_files`` per kind), warnings and notes."""
-        lines = [f"{self.format} data set in {self.root}: {self.n_image_files} image files, "
+        where = f"{self.source} (images copied to {self.root})" if self.source else f"in {self.root}"
+        files = "rows" if self.source else "image files"
+        lines = [f"{self.format} data set {where}: {self.n_image_files} {files}, "
                  f"{self.n_examples} usable, {self.n_caption_keys} caption entries"
                  + ("" if self.checked_images else " (images not opened: check=False)")]
         titles = {SKIP: "SKIPPED", WARNING: "WARNING", NOTE: "note"}
@@ -144,8 +151,8 @@ class DataReport:
 class TrainSet:
     """The usable examples of a data set, and the report of how they were read."""
 
-    root: Path
-    format: str  # "course" or "imagefolder"
+    root: Path  # the data folder (datasets: its copy as an imagefolder; ``report.source`` names the original)
+    format: str  # "course", "imagefolder" or "datasets"
     examples: list[Example]
     report: DataReport
 
@@ -376,77 +383,87 @@ def _image_files(folder: Path, report: DataReport, recursive: bool = False) -> l
     return files
 
 
-def detect_format(root: str | Path) -> tuple[str, Path]:
-    """("course", root) or ("imagefolder", folder of metadata.jsonl); DataError naming the folder otherwise."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder. Put the data there (see data/README.md) or pass the right path.")
-    if (root / "train_info.json").is_file():
+def detect_format(source: str | Path) -> tuple[str, Path]:
+    """("course", root), ("imagefolder", folder of metadata.jsonl) or ("datasets", source) for a Hugging Face
+    ``datasets`` source (:func:`helpers.hf_datasets.datasets_kind`); DataError naming the path otherwise."""
+    root = Path(source)
+    if root.is_dir() and (root / "train_info.json").is_file():
         if not (root / "train").is_dir():
             raise DataError(f"{root}: has train_info.json but no train/ folder of images. Put the course images in "
                             f"{root / 'train'}.")
         return "course", root
     for folder in (root, root / "train"):
-        if (folder / "metadata.jsonl").is_file():
+        if root.is_dir() and (folder / "metadata.jsonl").is_file():
             return "imagefolder", folder
-    raise DataError(f"{root}: not a data set. Expected the course format (train_info.json + train/) or a Hugging "
-                    "Face imagefolder (metadata.jsonl with file_name and text, in the folder or in train/).")
+    if datasets_kind(source) is not None:
+        return "datasets", root
+    if not root.exists():
+        raise DataError(f"{root}: no such folder or file. Put the data there (see data/README.md) or pass the right "
+                        "path.")
+    raise DataError(f"{root}: not a data set. Expected the course format (train_info.json + train/), a Hugging "
+                    "Face imagefolder (metadata.jsonl with file_name and text, in the folder or in train/), or a "
+                    "Hugging Face datasets source (a save_to_disk folder, or .parquet files).")
 
 
-def _scan(root: str | Path, check: bool, progress: bool) -> tuple[str, list[Example], DataReport]:
-    fmt, folder = detect_format(root)
-    root = Path(root)
+def _course_candidates(root: Path, report: DataReport) -> list[tuple[Path, str, tuple[str, ...]]]:
+    """(path, key, captions) of every course image that has captions; the others are reported."""
+    info = read_train_info(root / "train_info.json")
+    report.n_caption_keys = len(info)
+    files = _image_files(root / "train", report)
+    report.n_image_files = len(files)
+    candidates, used_keys = [], set()
+    for p in files:
+        key = p.stem.rsplit("_", 1)[0]  # <monsterID>_<ACTION>_<frame>: the frame is after the last "_"
+        if key not in info:
+            report.problems.append(Problem(
+                p, "no_caption", f"{p}: key {key!r} has no entry in {root / 'train_info.json'} (images are named "
+                "<monsterID>_<ACTION>_<frame>.png); add the entry or remove the image"))
+            continue
+        used_keys.add(key)
+        candidates.append((p, key, info[key]))
+    for key in info:
+        if key not in used_keys:
+            report.problems.append(Problem(
+                root / "train_info.json", "no_images",
+                f"{root / 'train_info.json'}: key {key!r} has no image in {root / 'train'} "
+                f"(expected {key}_<frame>.png); its captions are unused", WARNING))
+    return candidates
+
+
+def _imagefolder_candidates(folder: Path, report: DataReport) -> list[tuple[Path, str, tuple[str, ...]]]:
+    """(path, key, captions) of every image listed in ``metadata.jsonl``; missing and unlisted files are reported."""
+    meta = folder / "metadata.jsonl"
+    rows = read_metadata_jsonl(meta)
+    report.n_caption_keys = len(rows)
+    by_name: dict[str, tuple[Path, list[str]]] = {}
+    for n, name, caps in rows:
+        p = folder / name
+        if name in by_name:
+            by_name[name][1].extend(caps)
+            report.problems.append(Problem(p, "duplicate", f"{meta}, line {n}: {name} is listed again; its "
+                                                           "captions are merged", NOTE))
+            continue
+        if not p.is_file():
+            report.problems.append(Problem(p, "missing_file", f"{meta}, line {n}: file_name {name!r} does not "
+                                                              f"exist ({p}); add the image or remove the line"))
+            continue
+        by_name[name] = (p, list(caps))
+    listed = {p.resolve() for p, _ in by_name.values()}
+    files = _image_files(folder, report, recursive=True)
+    for p in files:
+        if p.resolve() not in listed:
+            line = f'{{"file_name": "{p.name}", "text": ".."}}'
+            report.problems.append(Problem(p, "no_caption", f"{p}: not listed in {meta}; add a line {line} or "
+                                                            "remove it"))
+    report.n_image_files = len(set(files) | {p for p, _ in by_name.values()})
+    return [(p, Path(name).with_suffix("").as_posix(), tuple(dict.fromkeys(caps)))
+            for name, (p, caps) in sorted(by_name.items())]
+
+
+def _scan(root: Path, fmt: str, folder: Path, check: bool, progress: bool) -> tuple[list[Example], DataReport]:
+    """The usable examples of a course or imagefolder data set, and the report (images opened when ``check``)."""
     report = DataReport(root=root, format=fmt, checked_images=check)
-    candidates: list[tuple[Path, str, tuple[str, ...]]] = []  # (path, key, captions) before image checks
-    if fmt == "course":
-        info = read_train_info(root / "train_info.json")
-        report.n_caption_keys = len(info)
-        files = _image_files(root / "train", report)
-        report.n_image_files = len(files)
-        used_keys = set()
-        for p in files:
-            key = p.stem.rsplit("_", 1)[0]
-            if key not in info:
-                report.problems.append(Problem(
-                    p, "no_caption", f"{p}: key {key!r} has no entry in {root / 'train_info.json'} (images are named "
-                    "<monsterID>_<ACTION>_<frame>.png); add the entry or remove the image"))
-                continue
-            used_keys.add(key)
-            candidates.append((p, key, info[key]))
-        for key in info:
-            if key not in used_keys:
-                report.problems.append(Problem(
-                    root / "train_info.json", "no_images",
-                    f"{root / 'train_info.json'}: key {key!r} has no image in {root / 'train'} "
-                    f"(expected {key}_<frame>.png); its captions are unused", WARNING))
-    else:
-        meta = folder / "metadata.jsonl"
-        rows = read_metadata_jsonl(meta)
-        report.n_caption_keys = len(rows)
-        by_name: dict[str, tuple[Path, list[str]]] = {}
-        for n, name, caps in rows:
-            p = folder / name
-            if name in by_name:
-                by_name[name][1].extend(caps)
-                report.problems.append(Problem(p, "duplicate", f"{meta}, line {n}: {name} is listed again; its "
-                                                               "captions are merged", NOTE))
-                continue
-            if not p.is_file():
-                report.problems.append(Problem(p, "missing_file", f"{meta}, line {n}: file_name {name!r} does not "
-                                                                  f"exist ({p}); add the image or remove the line"))
-                continue
-            by_name[name] = (p, list(caps))
-        listed = {p.resolve() for p, _ in by_name.values()}
-        files = _image_files(folder, report, recursive=True)
-        for p in files:
-            if p.resolve() not in listed:
-                report.problems.append(Problem(p, "no_caption", f"{p}: not listed in {meta}; add a line "
-                                                                f'{{"file_name": "{p.name}", "text": ".."}} or remove it'))
-        report.n_image_files = len(set(files) | {p for p, _ in by_name.values()})
-        for name, (p, caps) in sorted(by_name.items()):
-            key = Path(name).with_suffix("").as_posix()
-            candidates.append((p, key, tuple(dict.fromkeys(caps))))
-
+    candidates = (_course_candidates(root, report) if fmt == "course" else _imagefolder_candidates(folder, report))
     examples: list[Example] = []
     iterator: Iterable = candidates
     if check and progress and len(candidates) > 2000:
@@ -462,33 +479,60 @@ def _scan(root: str | Path, check: bool, progress: bool) -> tuple[str, list[Exam
             report.image_stats[stats] += 1
         examples.append(Example(path=p, key=key, captions=caps))
     report.n_examples = len(examples)
-    return fmt, examples, report
+    return examples, report
 
 
-def check_dataset(root: str | Path, *, progress: bool = True) -> DataReport:
-    """Check a data set (either format) without loading it: every image's header (and PNG chunk CRCs), every
-    caption entry. Structural errors raise DataError; everything else is in the report."""
-    return _scan(root, check=True, progress=progress)[2]
+def _read(source: str | Path, check: bool, progress: bool, image_column: str, caption_column: str,
+          work_dir: str | Path | None) -> tuple[str, Path, list[Example], DataReport]:
+    """(format, root, examples, report) of any source; a datasets source is first copied as an imagefolder
+    (:func:`helpers.hf_datasets.materialise`) and read from there, with its skipped rows in the report."""
+    fmt, folder = detect_format(source)
+    if fmt != "datasets":
+        examples, report = _scan(Path(source), fmt, folder, check, progress)
+        return fmt, Path(source), examples, report
+    copy = materialise(source, image_column=image_column, caption_column=caption_column, work_dir=work_dir,
+                       progress=progress)
+    sub_fmt, sub_folder = detect_format(copy.folder)
+    examples, report = _scan(copy.folder, sub_fmt, sub_folder, check, progress)
+    report.format, report.source = "datasets", copy.source
+    report.n_image_files = report.n_caption_keys = copy.n_rows
+    report.problems[:0] = [Problem(Path(copy.location), kind, message) for kind, message in copy.problems]
+    return "datasets", copy.folder, examples, report
 
 
-def load_train_set(root: str | Path, *, check: bool = True, verbose: bool = True, progress: bool = True) -> TrainSet:
-    """Read a data set (course format or imagefolder, detected) into a :class:`TrainSet`.
+def check_dataset(source: str | Path, *, progress: bool = True, image_column: str = "image",
+                  caption_column: str = "text", work_dir: str | Path | None = None) -> DataReport:
+    """Check a data set (any source) without loading it: every image's header (and PNG chunk CRCs), every
+    caption entry. Structural errors raise DataError; everything else is in the report. The other arguments are
+    those of :func:`load_train_set`."""
+    return _read(source, True, progress, image_column, caption_column, work_dir)[3]
+
+
+def load_train_set(source: str | Path, *, check: bool = True, verbose: bool = True, progress: bool = True,
+                   image_column: str = "image", caption_column: str = "text",
+                   work_dir: str | Path | None = None) -> TrainSet:
+    """Read a data set into a :class:`TrainSet`: a course folder, an imagefolder, or a Hugging Face ``datasets``
+    source (a ``save_to_disk`` folder, parquet files, a hub id; see :mod:`helpers.hf_datasets`).
 
     ``check=True`` opens every image (see :func:`check_dataset`) and skips unusable ones; ``check=False`` only reads
     the captions and lists the files (fast; a bad image then raises DataError when it is loaded). Skipped files and
     warnings are reported with ``warnings.warn`` (the summary names each file); ``verbose`` also prints a one-line
     count. Raises DataError when no usable example is left.
+
+    A datasets source needs ``image_column`` / ``caption_column`` (a caption cell may be a list of captions) and
+    ``work_dir``: its images are copied there once (``<work_dir>/<name>-<hash>/``, reused afterwards) and the
+    TrainSet's ``root`` is that copy; ``report.source`` names the original.
     """
-    fmt, examples, report = _scan(root, check=check, progress=progress)
-    root = Path(root)
+    fmt, root, examples, report = _read(source, check, progress, image_column, caption_column, work_dir)
+    where = report.source or root
     if not examples:
-        raise DataError(f"{root}: the data set is empty: {report.n_image_files} image files, none usable.\n"
+        raise DataError(f"{where}: the data set is empty: {report.n_image_files} image files, none usable.\n"
                         f"{report.summary()}\nAdd images (and their captions) or fix the problems above.")
     if not report.ok:
         warnings.warn(report.summary(), stacklevel=2)
     if verbose:
         n_skip = len(report.skipped)
-        print(f"Loaded {len(examples)} images with {len({e.key for e in examples})} keys from {root} ({fmt} format)"
+        print(f"Loaded {len(examples)} images with {len({e.key for e in examples})} keys from {where} ({fmt} format)"
               + (f"; skipped {n_skip} files (see the warning / trainset.report)" if n_skip else ""))
     return TrainSet(root=root, format=fmt, examples=examples, report=report)
 
