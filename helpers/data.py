@@ -266,6 +266,17 @@ def read_train_info(path: str | Path) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def json_line_object(path: Path, n: int, line: str, fix: str) -> dict:
+    """Line ``n`` of a JSON-lines file as an object; DataError naming the file, the line (and column) and ``fix``."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}, line {n}, column {err.colno}: malformed JSON ({err.msg}); {fix}.") from err
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}; {fix}.")
+    return obj
+
+
 def read_metadata_jsonl(path: str | Path) -> list[tuple[int, str, tuple[str, ...]]]:
     """``metadata.jsonl`` as ``[(line_number, file_name, captions)]``; raises DataError naming file and line."""
     path = Path(path)
@@ -275,12 +286,7 @@ def read_metadata_jsonl(path: str | Path) -> list[tuple[int, str, tuple[str, ...
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}, line {n}, column {err.colno}: malformed JSON ({err.msg}); {fix}.") from err
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}, line {n}: expected an object, got {type(obj).__name__}; {fix}.")
+        obj = json_line_object(path, n, line, fix)
         name = obj.get("file_name")
         if not isinstance(name, str) or not name.strip():
             raise DataError(f"{path}, line {n}: 'file_name' is missing or not a string; {fix}.")

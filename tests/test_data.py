@@ -304,7 +304,7 @@ def test_imagefolder_missing_file_and_unlisted_image_are_skipped(tmp_path):
     ('{"file_name": "b.png", "text": "y"', "line 2, column"),
     ('{"text": "y"}', "'file_name' is missing"),
     ('{"file_name": "b.png"}', "'text' is missing"),
-    ('["b.png", "y"]', "expected an object"),
+    ('["b.png", "y"]', "expected a JSON object"),
 ])
 def test_malformed_metadata_line_raises_with_file_and_line(tmp_path, line, needle):
     root = write_imagefolder(tmp_path / "hf", [json.dumps({"file_name": "a.png", "text": "x"}), line])
