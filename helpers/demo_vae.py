@@ -105,9 +105,11 @@ def reconstruction_psnr(vae, images: torch.Tensor, batch_size: int = 64) -> floa
 
 # --------------------------------------------------------------------------------------------------- data
 def monster_id(key: str) -> str:
-    """The monster of a course key ``<monsterID>_<ACTION>`` (monster IDs may contain ``_``; the whole key when it
-    has none, e.g. an imagefolder file stem)."""
-    return key.rsplit("_", 1)[0] if "_" in key else key
+    """The monster of a course key ``<monsterID>_<ACTION>`` (:func:`helpers.data.split_key`: monster IDs may contain
+    ``_``; the whole key when it has none, e.g. an imagefolder file stem)."""
+    from .data import split_key
+
+    return split_key(key)[0]
 
 
 def data_hash(train_set: TrainSet) -> str:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.data import DataError, load_image, load_train_set, read_test_prompts
+from helpers.data import DataError, load_train_set, read_test_prompts
+from helpers.images import load_image
 from helpers.split import choose_heldout_keys, holdout_split, load_split
 
 
