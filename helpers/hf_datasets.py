@@ -331,7 +331,8 @@ def materialise(source: str | Path, *, image_column: str = "image", caption_colu
     if manifest is not None:
         return _result(folder, manifest)
     work_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(tempfile.mkdtemp(prefix=".hf-cache-", dir=work_dir))  # parquet's arrow copy, removed below
+    # load_dataset("parquet") converts the files to arrow in a cache: a temporary one here, removed below
+    cache_dir = Path(tempfile.mkdtemp(prefix=".hf-cache-", dir=work_dir)) if kind == "parquet" else None
     try:
         with _progress_bars(progress):
             ds = ds if ds is not None else _load(kind, location, cache_dir)
@@ -351,5 +352,6 @@ def materialise(source: str | Path, *, image_column: str = "image", caption_colu
                 raise
     finally:
         del ds  # the parquet arrow files are memory-mapped: release them before removing the cache
-        shutil.rmtree(cache_dir, ignore_errors=True)
+        if cache_dir is not None:
+            shutil.rmtree(cache_dir, ignore_errors=True)
     return _result(folder, _read_manifest(folder))

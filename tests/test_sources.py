@@ -98,6 +98,7 @@ def test_each_source_gives_its_captions_and_images(sources, tmp_path, kind, expe
     assert str(source) in ts.report.source and str(source) in ts.report.summary()
     listed = _load(source, tmp_path / "work", caption_column="captions")
     assert [e.captions for e in listed.examples] == [tuple(dict.fromkeys(c)) for c in LISTS]
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == sorted([ts.root.name, listed.root.name])
     assert _digest(source) == before  # the source is only read
 
 
