@@ -46,9 +46,6 @@ from typing import Any
 from .errors import DataError
 from .hf_datasets import datasets_kind, materialise
 from .images import SIXTEEN_BIT_MODES, ImageFileError, open_image
-# load_image and pil_to_tensor moved to helpers.images; kept here only until notebooks 01, 02 and 06 import them
-# from there (remove this line then).
-from .images import load_image, pil_to_tensor  # noqa: F401
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SKIP, WARNING, NOTE = "skip", "warning", "note"

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from helpers import demo_vae
-from helpers.data import load_image, load_train_set
+from helpers.data import load_train_set
 from helpers.demo_data import make_demo_dataset
+from helpers.images import load_image
 from helpers.frozen import load_vae, scaling_factor
 from helpers.profiles import resolve_profile
 
