@@ -95,11 +95,13 @@ class Profile:
         return self.outputs_dir / (f"{run_name}-smoke" if self.smoke else run_name)
 
     def load_train_set(self, **kwargs):
-        """The profile's data set as a :class:`helpers.data.TrainSet` (``kwargs``: those of
-        :func:`helpers.data.load_train_set`, e.g. ``verbose=False``)."""
+        """The profile's data set as a :class:`helpers.data.TrainSet`, read with its ``image_column`` /
+        ``caption_column``; a Hugging Face ``datasets`` source is copied once under ``<outputs>/datasets/``.
+        ``kwargs``: the other arguments of :func:`helpers.data.load_train_set` (e.g. ``verbose=False``)."""
         from .data import load_train_set
 
-        return load_train_set(self.data_dir, **kwargs)
+        return load_train_set(self.data_dir, image_column=self.image_column, caption_column=self.caption_column,
+                              work_dir=self.outputs_dir / "datasets", **kwargs)
 
     def banner(self) -> str:
         head = textwrap.wrap(f"Profile: {self.name}{' (smoke)' if self.smoke else ''} - {self.reason}", 110,

@@ -47,6 +47,7 @@ class HeldOutSplit:
     resolution: int
     train_set: object | None = None  # the TrainSet without the held-out keys (None from load_split)
     n_keys: int | None = None  # keys of the whole data set
+    crop_to_content: bool = False  # the references were cropped to their content (as the training images)
 
     @property
     def reference_map_path(self) -> Path:
@@ -56,8 +57,8 @@ class HeldOutSplit:
         n_ref = sum(len(v) for v in self.reference_map.values())
         n = self.n_keys or (len(self.heldout_keys) + len(self.train_keys))
         return (f"held-out split (seed {self.seed}, fraction {self.fraction}): {len(self.heldout_keys)} of {n} keys "
-                f"held out, {len(self.reference_map)} prompts, {n_ref} reference images at {self.resolution}px in "
-                f"{self.reference_dir}")
+                f"held out, {len(self.reference_map)} prompts, {n_ref} reference images at {self.resolution}px"
+                f"{', cropped to content' if self.crop_to_content else ''} in {self.reference_dir}")
 
 
 def choose_heldout_keys(keys, fraction: float = 0.05, seed: int = 0) -> list[str]:
@@ -178,7 +179,8 @@ def load_split(out_dir: str | Path) -> HeldOutSplit:
                         prompts_path=out_dir / "test.json", reference_dir=out_dir / "reference",
                         reference_map={k: [out_dir / p for p in v] for k, v in raw.items()},
                         seed=int(manifest["seed"]), fraction=float(manifest["fraction"]),
-                        resolution=int(manifest["resolution"]), n_keys=manifest.get("n_keys"))
+                        resolution=int(manifest["resolution"]), n_keys=manifest.get("n_keys"),
+                        crop_to_content=bool(manifest.get("crop_to_content", False)))
 
 
 def split_status(split: HeldOutSplit, run_dir: str | Path) -> tuple[str, str]:

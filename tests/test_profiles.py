@@ -122,6 +122,26 @@ def test_profile_load_train_set(tmp_path, offline):
     assert train_set.root == data and len(train_set) == 8
 
 
+def test_profile_reads_a_datasets_source_with_its_columns(tmp_path, offline):
+    """image_column / caption_column reach the reader; the copy goes under <outputs>/datasets, not the source."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    images = [Image.new("RGB", (8, 8), (40 * i, 0, 0)) for i in range(4)]
+    source = tmp_path / "my_dataset"
+    datasets.Dataset.from_dict({"picture": images, "caps": [[f"monster {i}", f"a monster {i}"] for i in range(4)]}
+                               ).cast_column("picture", datasets.Image()).save_to_disk(str(source))
+    before = _files(source)
+    kw = dict(data_dir=source, outputs_dir=tmp_path / "o", device="cpu", verbose=False)
+    with pytest.raises(DataError, match="image"):  # the default columns are not there: the error says so
+        resolve_profile("demo", **kw)
+    p = resolve_profile("demo", image_column="picture", caption_column="caps", **kw)
+    train_set = p.load_train_set(verbose=False)
+    assert len(train_set) == 4 and train_set.examples[0].captions == ("monster 0", "a monster 0")
+    assert train_set.root.parent == tmp_path / "o" / "datasets"
+    assert Path(p.vae).parent == tmp_path / "o" / "vae" and _files(source) == before
+
+
 def test_course_refuses_with_what_is_missing(tmp_path, offline, monkeypatch):
     monkeypatch.setattr(profiles, "data_root", lambda: tmp_path / "data")
     with pytest.raises(FileNotFoundError, match=r"course profile cannot run: no course data in .*missing train"):
