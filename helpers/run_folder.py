@@ -32,9 +32,8 @@ from .paths import atomic_write
 from .train_config import RESUME_MAY_CHANGE, TrainConfig
 
 __all__ = ["RunFolderError", "RunLock", "holding", "lock_holder", "resolve_resume", "check_same_config",
-           "check_resume_target",
-           "drop_after", "start_fresh", "append_metrics", "read_metrics", "sample_grids", "METRICS_NAME",
-           "LOCK_NAME", "HOLDER_NAME"]
+           "check_resume_target", "drop_after", "start_fresh", "MetricsWindow", "append_metrics", "read_metrics",
+           "sample_grids", "METRICS_NAME", "LOCK_NAME", "HOLDER_NAME"]
 
 METRICS_NAME = "metrics.jsonl"
 LOCK_NAME = ".lock"
@@ -215,6 +214,27 @@ def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
     """Append one record (a JSON line) to ``<run_dir>/metrics.jsonl``."""
     with open(Path(run_dir) / METRICS_NAME, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+class MetricsWindow:
+    """The losses since the last ``metrics.jsonl`` line (``losses``) and the clock of the training session."""
+
+    def __init__(self, global_batch: int, elapsed_before: float) -> None:
+        self.global_batch, self.elapsed_before = global_batch, elapsed_before
+        self.t_session = self.t_window = time.perf_counter()
+        self.losses: list[float] = []
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t_session
+
+    def record(self, step: int, lr: float, grad_norm: float, epoch: int) -> dict:
+        """The metrics line of ``step`` (mean loss and samples/s since the last one); starts a new window."""
+        now = time.perf_counter()
+        rec = {"step": step, "loss": sum(self.losses) / len(self.losses), "lr": lr, "grad_norm": grad_norm,
+               "samples_per_s": len(self.losses) * self.global_batch / max(now - self.t_window, 1e-9),
+               "elapsed": self.elapsed_before + now - self.t_session, "epoch": epoch}
+        self.t_window, self.losses = now, []
+        return rec
 
 
 def _records(lines: Iterable[str]) -> Iterable[tuple[str, dict]]:

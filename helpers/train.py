@@ -1,31 +1,23 @@
 """The training loop: one optimizer step (:func:`train_step`) and the loop around it (:func:`train`), which also runs
 as a script and under DDP.
 
->>> config = TrainConfig.for_profile(P, run_name="main")          # defaults picked for the profile
+>>> config = TrainConfig.for_profile(P, run_name="main")            # defaults picked for the profile
 >>> result = train(config, cache, frozen, callback=LiveLossPlot())   # cache: helpers.cache; frozen: helpers.frozen
 
-One optimizer step:
+One optimizer step: :func:`draw_batch` takes the next ``batch_size x processes x grad_accum`` images of a seeded
+per-epoch permutation from the **latent cache** (a latent sampled from the cached mean/std of the image or its flip,
+the embedding of one of its captions or, with probability ``caption_dropout``, of ""), then the noise and the
+timesteps, all from ONE generator owned by the loop and for the whole global batch at once (so the samples do not
+depend on how the batch is split, and a resumed run continues exactly); :func:`train_step` trains on this
+process's share: :func:`helpers.losses.diffusion_loss` per micro-batch, ``/ grad_accum``, backward, clipping,
+AdamW, the LR schedule (warm-up, cosine), the EMA.
 
-1. :func:`draw_batch`: the next ``batch_size x processes x grad_accum`` images of a seeded per-epoch permutation,
-   from the **latent cache** (never the VAE or the text encoder): a latent sampled from the cached mean/std (of the
-   image or of its flipped view), the text embedding of one of its captions, replaced by the embedding of "" with
-   probability ``caption_dropout`` (so the model also learns the unconditional prediction classifier-free guidance
-   needs); then the Gaussian noise and uniform timesteps. All of it comes from ONE ``torch.Generator`` owned by the
-   loop, drawn for the whole global batch at once, so the samples do not depend on how the batch is split into
-   micro-batches or processes, and a resumed run continues exactly;
-2. :func:`train_step` on this process's share: per micro-batch :func:`helpers.losses.diffusion_loss` (noise the
-   latents with the workbook's one noise schedule, predict the noise or ``v``, MSE weighted by min-SNR-gamma),
-   ``loss / grad_accum``, backward (DDP syncs gradients only on the last micro-batch); then clip the gradient norm,
-   AdamW step, LR schedule step (linear warm-up, cosine decay), EMA update.
-
-Every ``eval_freq`` steps :func:`train` samples the fixed prompts (``sample_scheduler``, fixed seeds, EMA weights)
-into ``outputs/<run>/samples/step_<step>.png`` (when it is given the frozen models); every ``save_freq`` steps and at
-the end it writes a UNet checkpoint (EMA weights, loadable with ``UNet2DConditionModel.from_pretrained``) and a full
-training state (exact resume). ``metrics.jsonl`` gets one line per logged step. Ctrl-C (kernel interrupt) finishes
-the current step, saves and returns; a non-finite loss stops with :class:`NonFiniteLossError` and saves nothing.
-One trainer at a time holds a run folder (:mod:`helpers.run_folder`).
-
-Command line (:mod:`helpers.train_cli`: it builds the cache and loads the frozen models, then calls :func:`train`)::
+Around it :func:`train` samples the fixed prompts every ``eval_freq`` steps into ``samples/step_<step>.png`` (EMA
+weights, ``sample_scheduler``; when given the frozen models), writes a UNet checkpoint (EMA weights) and a full
+training state every ``save_freq`` steps and at the end, and a ``metrics.jsonl`` line per logged step. Ctrl-C
+finishes the step, saves and returns; a non-finite loss stops with :class:`NonFiniteLossError` and saves nothing;
+one trainer at a time holds a run folder (:mod:`helpers.run_folder`). The command line (:mod:`helpers.train_cli`
+builds the cache and loads the frozen models, then calls :func:`train`)::
 
     python -m helpers.train --config outputs/main/train_config.json [--resume latest] [--max-steps N]
     accelerate launch --multi_gpu --num_processes 2 -m helpers.train --config outputs/main/train_config.json
@@ -39,7 +31,6 @@ import io
 import signal
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -423,27 +414,6 @@ def _save(parts: TrainParts, config: TrainConfig, at: Position, elapsed: float, 
     return ckpt / f"unet_{at.step}", ckpt / f"state_{at.step}"
 
 
-class _LogWindow:
-    """The losses since the last ``metrics.jsonl`` line and the clock of the session."""
-
-    def __init__(self, global_batch: int, elapsed_before: float) -> None:
-        self.global_batch, self.elapsed_before = global_batch, elapsed_before
-        self.t_session = self.t_window = time.perf_counter()
-        self.losses: list[float] = []
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.t_session
-
-    def record(self, step: int, lr: float, grad_norm: float, epoch: int) -> dict:
-        """The metrics line of ``step`` (mean loss and samples/s since the last one); starts a new window."""
-        now = time.perf_counter()
-        rec = {"step": step, "loss": sum(self.losses) / len(self.losses), "lr": lr, "grad_norm": grad_norm,
-               "samples_per_s": len(self.losses) * self.global_batch / max(now - self.t_window, 1e-9),
-               "elapsed": self.elapsed_before + now - self.t_session, "epoch": epoch}
-        self.t_window, self.losses = now, []
-        return rec
-
-
 def _nonfinite_message(err: NonFiniteLossError, step: int, last_state, config: TrainConfig) -> str:
     where = f"the last good checkpoint is {last_state}" if last_state else "no checkpoint was saved yet"
     return (f"Training stopped: the {err.what} is {err.value} at step {step} (not finite). Nothing of this step was "
@@ -511,7 +481,7 @@ def train(config: TrainConfig, cache, frozen=None, *,
 
         start_step, last_state = position.step, resume_path
         step_losses, samples, interrupted, saved_at = [], [], False, (position.step if resume_path else -1)
-        window = _LogWindow(global_batch, elapsed_before)
+        window = run_folder.MetricsWindow(global_batch, elapsed_before)
         emit(TrainEvent("start", position.step, config.max_steps, metrics={
             "global_batch": global_batch, "processes": world, "device": str(device),
             "mixed_precision": parts.mixed_precision, "n_images": cache.n_images,

@@ -261,6 +261,27 @@ def test_v_prediction_and_bf16_autocast_run(tmp_path, cache):
     assert sched["prediction_type"] == "v_prediction"
 
 
+def test_sample_grids_use_the_configs_sampler_and_need_the_frozen_models(tmp_path, tiny_bert_dir, tiny_vae_dir,
+                                                                         monkeypatch):
+    import helpers.train as T
+    from conftest import TINY_BERT_HIDDEN, make_frozen
+
+    used = []
+    real = T.sampling_scheduler
+    monkeypatch.setattr(T, "sampling_scheduler", lambda name, config: used.append(name) or real(name, config))
+    cache = make_cache(hidden=TINY_BERT_HIDDEN)
+    frozen = make_frozen(tiny_bert_dir, tiny_vae_dir)
+    kwargs = dict(max_steps=2, eval_freq=2, sample_steps=2, sample_prompts=["a red slime", "a blue bird"],
+                  sample_scheduler="dpm++")
+    result = train(config(tmp_path, "grids", **kwargs), cache, frozen)
+    assert used == ["dpm++"] and [s for s, _ in sample_grids(result.run_dir)] == [0, 2] == [
+        int(p.stem.split("_")[1]) for p in result.samples]
+    without = train(config(tmp_path, "no-grids", **kwargs), cache)  # no frozen models: no grids
+    assert without.finished and sample_grids(without.run_dir) == [] and used == ["dpm++"]
+    with pytest.raises(ValueError, match="sample_scheduler must be one of ddim, dpm"):
+        TrainConfig(sample_scheduler="plms").validate()
+
+
 def test_live_loss_plot_handles_events(tmp_path):
     from PIL import Image
 
