@@ -5,8 +5,10 @@ Setup and data: ``paths`` (where things live, atomic folders), ``profiles`` (cou
 (readers, image loading, the dataset check), ``plots``.
 Frozen models: ``frozen`` (CLIP/BERT text encoders and the VAE), ``demo_vae`` (the demo profile's small VAE),
 ``cache`` (latents and text embeddings computed once).
-Training: ``unet`` (reference config, presets, summary), ``schedule`` (the one noise schedule), ``train``,
-``checkpoints``.
+Training: ``unet`` (reference config, presets, summary), ``schedule`` (the one noise schedule), ``losses`` (the
+diffusion loss, min-SNR weights), ``train_config`` (TrainConfig), ``train`` (the step and the loop), ``train_cli``
+(its command line), ``run_folder`` (one trainer per run, resume policy, metrics.jsonl), ``checkpoints``,
+``colour_check`` (does a sample follow the prompt's colour?).
 Generation and scoring: ``sampling`` (batched classifier-free guidance), ``widgets``, ``split`` (held-out keys),
 ``submission``, ``metrics``. ``notebooks`` runs the chapters headless (``make run``, the tests).
 
