@@ -51,17 +51,12 @@ def _prompt_lines(path: Path) -> list[tuple[int, str]]:
 def _jsonl_prompts(path: Path) -> list:
     """One JSON object a line: ``{"text": ..}`` (an image name is made up) or ``{"text_prompt": .., "image_name":
     ..}``; DataError naming the file and line otherwise."""
-    from .data import DataError, TestPrompt
+    from .data import DataError, TestPrompt, json_line_object
 
     fix = 'each line must be {"text": "a prompt"} or {"text_prompt": "a prompt", "image_name": "<name>.png"}'
     plist = []
     for n, line in _prompt_lines(path):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}, line {n}, column {err.colno}: malformed JSON ({err.msg}); {fix}.") from err
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}; {fix}.")
+        obj = json_line_object(path, n, line, fix)
         text = obj.get("text_prompt", obj.get("text"))
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}, line {n}: no prompt ('text' or 'text_prompt' missing or not a string); {fix}.")
