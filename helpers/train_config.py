@@ -222,10 +222,14 @@ def _comparable(name: str, value):
 
 
 def default_sample_prompts(profile, n: int = 8) -> list[str]:
-    """``n`` prompts of the profile's test.json, spread over the file (fixed: the same every run)."""
-    if not Path(profile.test_json).is_file():  # e.g. imagefolder data: no fixed prompts
+    """``n`` fixed prompts spread over the profile's test.json, or, for data without one (an imagefolder, a
+    ``datasets`` source), over the training set's distinct captions: the same every run."""
+    if Path(profile.test_json).is_file():
+        prompts = [p.text_prompt for p in read_test_prompts(profile.test_json)]
+    elif Path(profile.data_dir).exists():
+        prompts = [c for c in profile.load_train_set(check=False, verbose=False).distinct_captions() if c]
+    else:  # no data (yet): no fixed prompts
         return []
-    prompts = [p.text_prompt for p in read_test_prompts(profile.test_json)]
     if len(prompts) <= n:
         return prompts
     return [prompts[(i * len(prompts)) // n] for i in range(n)]

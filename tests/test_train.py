@@ -336,3 +336,21 @@ def test_command_line_with_a_real_cache_and_sample_grids(tmp_path, tiny_bert_dir
     again = subprocess.run([sys.executable, "-m", "helpers.train", "--config", str(path)], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "resume='latest'" in again.stderr
+
+
+def test_default_sample_prompts_come_from_the_captions_without_a_test_json(tmp_path):
+    """An imagefolder (no test.json) still gets fixed sample prompts: its distinct non-empty captions, spread."""
+    from PIL import Image
+
+    from helpers.profiles import resolve_profile
+    from helpers.train_config import default_sample_prompts
+
+    (tmp_path / "imgs").mkdir()
+    lines = []
+    for i in range(6):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / "imgs" / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"imgs/{i}.png", "text": f"a red thing number {i}"}))
+    (tmp_path / "metadata.jsonl").write_text("\n".join(lines))
+    P = resolve_profile("demo", True, tmp_path, tmp_path / "out", verbose=False)
+    assert default_sample_prompts(P, 3) == ["a red thing number 0", "a red thing number 2", "a red thing number 4"]
+    assert TrainConfig.for_profile(P).sample_prompts == default_sample_prompts(P, 4)
