@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers import unet as U
+from helpers import unet_costs as C
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,19 +64,19 @@ def test_build_seeded_and_global_rng_untouched():
 
 def test_shape_check_tiny_and_meta():
     unet = U.build_unet("tiny", cross_attention_dim=24, sample_size=16, seed=0)
-    check = U.shape_check(unet, batch_size=3, seq_len=77, verbose=False)
+    check = C.shape_check(unet, batch_size=3, seq_len=77, verbose=False)
     assert check.ok and check.output == (3, 4, 16, 16)
     assert check.inputs["encoder_hidden_states"] == (3, 77, 24)
     assert dict((b, o) for b, _, o in check.blocks)["down_blocks.0"] == (3, 32, 8, 8)
     assert "predicted noise" in str(check)
     ref = U.build_unet("reference", cross_attention_dim=512, sample_size=32, device="meta")
-    assert U.shape_check(ref, verbose=False).output == (2, 4, 32, 32)
+    assert C.shape_check(ref, verbose=False).output == (2, 4, 32, 32)
 
 
 def test_summary_tiny_rows_flops_memory():
     unet = U.build_unet("tiny", cross_attention_dim=32, sample_size=16, seed=0)
-    s2 = U.summary(unet, batch_size=2)
-    s4 = U.summary(unet, batch_size=4)
+    s2 = C.summary(unet, batch_size=2)
+    s4 = C.summary(unet, batch_size=4)
     names = [r["block"] for r in s2.rows]
     assert names[:2] == ["conv_in", "time_embedding"] and names[-1] == "conv_out"
     assert "mid_block" in names and "down_blocks.1" in names and "up_blocks.1" in names
@@ -89,14 +90,14 @@ def test_summary_tiny_rows_flops_memory():
     assert "<table" in s2._repr_html_() and "GFLOPs" in str(s2)
     down1 = next(r for r in s2.rows if r["block"] == "down_blocks.1")
     assert down1["attention"] and down1["resolution"] == "8×8" and down1["channels"] == "32→64"
-    bf16 = U.summary(unet, batch_size=2, dtype=torch.bfloat16)
+    bf16 = C.summary(unet, batch_size=2, dtype=torch.bfloat16)
     assert bf16.memory["activations"] < 0.6 * m["activations"] and bf16.memory["weights"] == m["weights"]
 
 
 def test_activation_estimate_matches_real_cpu_forward():
     """The meta-device count equals what autograd really keeps on CPU (fused SDPA) within a few percent."""
     unet = U.build_unet("tiny", cross_attention_dim=32, sample_size=16, seed=0).train()
-    inputs = U._dummy_inputs(unet, 2, 77, "cpu", torch.float32)
+    inputs = C._dummy_inputs(unet, 2, 77, "cpu", torch.float32)
     params = {p.untyped_storage().data_ptr() for p in unet.parameters()}
     kept = {}
 
@@ -109,12 +110,12 @@ def test_activation_estimate_matches_real_cpu_forward():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         unet(*inputs)
     real = sum(kept.values())
-    assert U.summary(unet, batch_size=2).memory["activations"] == pytest.approx(real, rel=0.1)
+    assert C.summary(unet, batch_size=2).memory["activations"] == pytest.approx(real, rel=0.1)
 
 
 def test_summary_reference_on_meta():
     ref = U.build_unet("reference", cross_attention_dim=512, sample_size=32, device="meta")
-    s = U.summary(ref, batch_size=1)
+    s = C.summary(ref, batch_size=1)
     assert s.total_params == U.REFERENCE_PARAMETERS
     rows = {r["block"]: r for r in s.rows}
     assert rows["down_blocks.3"]["type"] == "DownBlock2D" and not rows["down_blocks.3"]["attention"]
@@ -133,7 +134,7 @@ def test_text_hidden_size(tiny_clip_dir, tiny_bert_dir):
 
 
 def test_attention_costs():
-    rows = {r["side"]: r for r in U.attention_costs(sizes=(32, 16), channels=256)}
+    rows = {r["side"]: r for r in C.attention_costs(sizes=(32, 16), channels=256)}
     assert rows[32]["tokens"] == 1024 and rows[32]["self_scores"] == 1_048_576
     assert rows[16]["tokens"] == 256 and rows[16]["self_scores"] == 65_536
     assert rows[32]["self_attn_gflops"] == pytest.approx(16 * rows[16]["self_attn_gflops"])
@@ -151,5 +152,5 @@ def test_build_for_profile_and_plot(tiny_vae_dir, tiny_bert_dir, tmp_path):
     assert U.latent_geometry(prof) == (4, 16)  # the tiny VAE halves 32 px once
     unet = U.build_for_profile(prof, device="meta")
     assert unet.config.cross_attention_dim == 48 and unet.config.sample_size == 16
-    fig = U.plot_blocks({"tiny": U.summary(unet)}, what="gflops")
+    fig = C.plot_blocks({"tiny": C.summary(unet)}, what="gflops")
     assert len(fig.axes) == 1
