@@ -10,7 +10,8 @@
 ```
 
 and returns the training set without those keys (:meth:`helpers.data.TrainSet.without_keys`). A held-out key gets
-ONE prompt (its first caption, ``Example.captions[0]``) named ``<key>.png``; all its frames are its reference
+ONE prompt (its first caption, ``Example.captions[0]``) named ``<key>.png`` (as a plain file name: an imagefolder
+key ``pics/0001`` gives ``pics_0001.png``); all its frames are its reference
 images (CLIP-I averages over them, see :mod:`helpers.metrics`).
 
 Train with ``split.train_set`` so that the scores of notebook 06 are on images the model has never seen.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +111,41 @@ def _complete(out_dir: Path, manifest: dict) -> bool:
                                                               for v in refs.values() for p in v)
 
 
+def _unique_name(stem: str, used: set[str]) -> str:
+    """``<stem>.png`` as a plain file name (any character other than letters, digits, ``.``, ``-`` and ``_``
+    becomes ``_``, e.g. the ``/`` of an imagefolder key ``pics/0001``), ``<stem>-<i>.png`` if taken; added to
+    ``used``."""
+    safe = re.sub(r"[^\w.-]", "_", stem).lstrip(".") or "image"
+    name, i = f"{safe}.png", 1
+    while name in used:
+        i += 1
+        name = f"{safe}-{i}.png"
+    used.add(name)
+    return name
+
+
+def _write_split(folder: Path, heldout: dict[str, list], manifest: dict, *, resolution: int,
+                 background: tuple[int, int, int], crop_to_content: bool) -> None:
+    """The files of a split (see the module docstring) for ``heldout`` = {key: its examples}, into ``folder``."""
+    from .images import load_image
+
+    (folder / "reference").mkdir()
+    prompts, refs, names, used = {}, {}, set(), set()
+    for key, examples in heldout.items():
+        examples = sorted(examples, key=lambda e: str(e.path))
+        image_name = _unique_name(key, names)
+        prompts[key] = {"text_prompt": examples[0].captions[0], "image_name": image_name}
+        refs[image_name] = []
+        for ex in examples:
+            name = _unique_name(Path(ex.path).stem, used)
+            load_image(ex.path, resolution, background=background,
+                       crop_to_content=crop_to_content).save(folder / "reference" / name)
+            refs[image_name].append(f"reference/{name}")
+    (folder / "test.json").write_text(json.dumps(prompts, indent=1, ensure_ascii=False), encoding="utf-8")
+    (folder / "reference_map.json").write_text(json.dumps(refs, indent=1), encoding="utf-8")
+    (folder / "split.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+
+
 def holdout_split(train_set, *, out_dir: str | Path, resolution: int, fraction: float = 0.05, seed: int = 0,
                   background: tuple[int, int, int] = (255, 255, 255), crop_to_content: bool = False) -> HeldOutSplit:
     """Hold out a seeded ``fraction`` of the keys of ``train_set`` (a :class:`helpers.data.TrainSet`).
@@ -120,8 +157,6 @@ def holdout_split(train_set, *, out_dir: str | Path, resolution: int, fraction: 
     re-prepares them (with a warning only when the held-out keys change).
     Returns a :class:`HeldOutSplit` whose ``train_set`` excludes the held-out keys.
     """
-    from .images import load_image
-
     out_dir = Path(out_dir)
     by_key: dict[str, list] = {}
     for ex in train_set.examples:
@@ -136,26 +171,8 @@ def holdout_split(train_set, *, out_dir: str | Path, resolution: int, fraction: 
                           "or it was incomplete); a run trained with the old split may have seen the new held-out "
                           "keys", stacklevel=2)
         with atomic_folder(out_dir, replace=True) as tmp:
-            (tmp / "reference").mkdir()
-            prompts, refs, used = {}, {}, set()
-            for key in heldout:
-                examples = sorted(by_key[key], key=lambda e: str(e.path))
-                image_name = f"{key}.png"
-                prompts[key] = {"text_prompt": examples[0].captions[0], "image_name": image_name}
-                refs[image_name] = []
-                for ex in examples:
-                    stem, i = Path(ex.path).stem, 1
-                    name = f"{stem}.png"
-                    while name in used:
-                        i += 1
-                        name = f"{stem}-{i}.png"
-                    used.add(name)
-                    load_image(ex.path, resolution, background=tuple(background),
-                               crop_to_content=crop_to_content).save(tmp / "reference" / name)
-                    refs[image_name].append(f"reference/{name}")
-            (tmp / "test.json").write_text(json.dumps(prompts, indent=1, ensure_ascii=False), encoding="utf-8")
-            (tmp / "reference_map.json").write_text(json.dumps(refs, indent=1), encoding="utf-8")
-            (tmp / "split.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+            _write_split(tmp, {k: by_key[k] for k in heldout}, manifest, resolution=resolution,
+                         background=tuple(background), crop_to_content=crop_to_content)
     split = load_split(out_dir)
     split.train_set = train_set.without_keys(heldout)
     split.train_keys = sorted(set(by_key) - set(heldout))

@@ -157,3 +157,29 @@ def test_split_status_reads_the_runs_cache(train_set, tmp_path):
     (cache / "index.json").write_text(json.dumps({"keys": [e.key for e in train_set.examples]}))
     status, why = split_status(split, run)
     assert status == "included" and "optimistic" in why
+
+
+def test_imagefolder_keys_with_folders_give_plain_image_names(tmp_path):
+    """An imagefolder key is its file_name without the extension (``pics/0003``): the prompt's image_name must still
+    be a plain, unique file name (test.json rules), or chapter 06 cannot read the split back."""
+    root = tmp_path / "folder"
+    lines = []
+    for i, sub in enumerate(["pics", "pics", "more", "more", "pics_x"]):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / sub / f"{i:04d}.png")
+        lines.append(json.dumps({"file_name": f"{sub}/{i:04d}.png", "text": f"picture {i}"}))
+    (root / "pics" / "0001.png").rename(root / "pics" / "a.png")
+    lines[1] = json.dumps({"file_name": "pics/a.png", "text": "picture a"})
+    Image.new("RGB", (8, 8)).save(root / "pics_a.png")  # pics/a and pics_a would both become pics_a.png
+    lines.append(json.dumps({"file_name": "pics_a.png", "text": "picture b"}))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    train_set = load_train_set(root, verbose=False, progress=False)
+    split = holdout_split(train_set, out_dir=tmp_path / "h", resolution=8, fraction=0.8, seed=0)
+    prompts = read_test_prompts(split.prompts_path)  # validates: plain, unique .png names
+    assert len(prompts) == 5 and all("/" not in p.image_name for p in prompts)
+    assert {p.key for p in prompts} <= set(train_set.keys()) and any("/" in p.key for p in prompts)
+    from helpers.split import _unique_name
+
+    used: set[str] = set()
+    assert [_unique_name(k, used) for k in ("pics/a", "pics_a", ".hidden", "a b")] == [
+        "pics_a.png", "pics_a-2.png", "hidden.png", "a_b.png"]
