@@ -8,10 +8,15 @@ and the image settings, so changing any of them builds a new cache and re-runnin
 
 Storage is float16 (half the memory; a latent's rounding error is far below the VAE's own noise). A std that
 underflows to 0 in float16 only removes noise of size < 1e-7.
+
+On a GPU the training loop keeps a copy of the whole cache in GPU memory (:meth:`LatentCache.to`; the course's
+43k images x 2 views x mean/std are ~1.4 GB) and draws every batch there, with a generator on the GPU: a training
+step then copies nothing from the host.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -96,6 +101,30 @@ class LatentCache:
     def hidden_size(self) -> int:
         return self.text_emb.shape[-1]
 
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors live (and where :meth:`batch` draws: its generator must be on this device)."""
+        return self.mean.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all the tensors (what :meth:`to` puts on a device)."""
+        return sum(t.nbytes for t in self._tensors().values())
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in ("caption_ids", "caption_counts", "mean", "std", "mean_flip",
+                                                       "std_flip", "text_emb")}
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LatentCache:
+        """A copy of the cache on ``device`` (e.g. the training GPU), whose :meth:`batch` then draws there.
+
+        ``dtype``: the storage of latents and embeddings (default: as stored, float16; bfloat16 takes the same
+        memory with less precision). Captions, keys and names stay Python lists; the original is left as it is.
+        """
+        moved = {name: t.to(device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
+                 for name, t in self._tensors().items()}
+        return dataclasses.replace(self, **moved)
+
     def caption_embedding(self, caption: str) -> torch.Tensor:
         """The cached [77, D] embedding of one caption (KeyError if it is not in the cache)."""
         return self.text_emb[self.captions.index(caption)].float()
@@ -105,20 +134,22 @@ class LatentCache:
         """Scaled latents sampled from the cached distributions, and the text embeddings of their captions.
 
         All randomness comes from ``generator`` in a fixed order (flip, noise, caption choice, dropout), so a
-        batch is reproducible and a resumed run continues exactly.
+        batch is reproducible and a resumed run continues exactly. Everything is drawn on :attr:`device` (the
+        generator must be on it); the batch is float32 there.
         """
-        indices = torch.as_tensor(indices, dtype=torch.long)
+        device = self.device
+        indices = torch.as_tensor(indices, dtype=torch.long, device=device)
         b = len(indices)
-        flip = torch.rand(b, generator=generator) < flip_p
+        flip = torch.rand(b, generator=generator, device=device) < flip_p
         view = flip.view(-1, 1, 1, 1)
         mean = torch.where(view, self.mean_flip[indices], self.mean[indices]).float()
         std = torch.where(view, self.std_flip[indices], self.std[indices]).float()
-        noise = torch.randn(mean.shape, generator=generator)
+        noise = torch.randn(mean.shape, generator=generator, device=device)
         latents = (mean + std * noise) * self.scaling_factor
         counts = self.caption_counts[indices]
-        pick = (torch.rand(b, generator=generator) * counts).long().clamp_max(counts - 1)
+        pick = (torch.rand(b, generator=generator, device=device) * counts).long().clamp_max(counts - 1)
         chosen = self.caption_ids[indices, pick]
-        drop = torch.rand(b, generator=generator) < caption_dropout
+        drop = torch.rand(b, generator=generator, device=device) < caption_dropout
         chosen = torch.where(drop, torch.full_like(chosen, self.empty_index), chosen)
         return latents, self.text_emb[chosen].float()
 

@@ -1,5 +1,6 @@
 """What a training run depends on: :class:`TrainConfig` (saved as ``outputs/<run>/train_config.json``), which of its
-fields may change when a run is resumed, and what ``mixed_precision="auto"`` means on this machine.
+fields may change when a run is resumed, and what the "auto" settings (``mixed_precision``, the speed levers) mean
+on this machine.
 
 >>> config = TrainConfig.for_profile(P, run_name="main", max_steps=2000)   # the profile's defaults, overridden
 >>> config.save(config.run_path / CONFIG_NAME)                             # what `python -m helpers.train` reads
@@ -21,7 +22,7 @@ from .paths import atomic_write, outputs_root
 from .schedule import PREDICTION_TYPES, SAMPLER_NAMES
 
 __all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "CONFIG_NAME", "CPU_AUTO_MIXED_PRECISION", "resolve_mixed_precision",
-           "default_sample_prompts"]
+           "SpeedLevers", "resolve_speed_levers", "CACHE_ON_DEVICE_SHARE", "default_sample_prompts"]
 
 #: What ``mixed_precision="auto"`` means on CPU: measured with ``benchmarks/train_throughput.py --precision``
 #: on the demo preset (see benchmarks/RESULTS.md). On CUDA "auto" is bf16 (where the GPU supports it).
@@ -31,7 +32,7 @@ CPU_AUTO_MIXED_PRECISION = "no"
 RESUME_MAY_CHANGE = frozenset({
     "run_name", "max_steps", "eval_freq", "save_freq", "keep_last", "log_every", "resume", "device", "run_dir",
     "data_dir", "cache_dir", "sample_prompts", "sample_seeds", "sample_steps", "sample_guidance", "sample_scheduler",
-    "sample_at_start",
+    "sample_at_start", "cache_on_device", "channels_last", "compile", "check_every_step",
 })
 
 CONFIG_NAME = "train_config.json"
@@ -43,6 +44,29 @@ class TrainConfig:
 
     Pick defaults with :meth:`for_profile`; every field can be overridden there. ``batch_size`` is per process and
     micro-batch: the optimizer sees ``batch_size x processes x grad_accum`` images per step.
+
+    The speed levers (None = "auto", resolved per device by :func:`resolve_speed_levers`; benchmarks/RESULTS.md
+    has what each one is worth):
+
+    - ``cache_on_device``: keep a copy of the latent cache in GPU memory and draw every batch there with a
+      generator on the GPU (no host->device copy per step). Auto: on CUDA when the cache takes at most
+      ``CACHE_ON_DEVICE_SHARE`` of the free GPU memory; elsewhere off (on a CPU the cache already is where the
+      step runs). It changes the random stream (a CUDA generator), so a run resumes with the setting it was
+      saved with.
+    - ``channels_last``: the UNet's weights and inputs in NHWC memory order (the layout GPU tensor cores want).
+      Auto: on CUDA; off elsewhere.
+    - ``compile``: ``torch.compile`` the UNet (the first steps of a session compile, minutes for the reference
+      UNet; reported as ``compile_s`` and left out of samples/s). Off unless set: it needs Triton and a C
+      compiler, and pays off only over thousands of steps.
+    - ``check_every_step``: read the loss and gradient norm back and check them for NaN/inf before every update
+      (a host synchronisation per step: nothing non-finite is ever applied). False: only every ``log_every``
+      steps and before every checkpoint or sample grid (the GPU never waits for the host; a NaN then stops the
+      run at the next check, the steps since the previous check may have been applied, and no checkpoint after
+      them is written). Auto: every step except on CUDA.
+
+    Automatic on CUDA, no field: TF32 matmuls, cuDNN autotuning, bf16 autocast (``mixed_precision="auto"``),
+    fused AdamW, and diffusers' ``AttnProcessor2_0`` (``scaled_dot_product_attention``, flash attention on
+    Ampere and newer) in every attention layer.
     """
 
     run_name: str = "main"
@@ -94,6 +118,11 @@ class TrainConfig:
     sample_guidance: float = 3.0
     sample_scheduler: str = "ddim"  # the sampler of the grids: one of helpers.schedule.SAMPLER_NAMES
     sample_at_start: bool = True  # a grid at step 0 (what noise looks like) in a fresh run
+    # -- speed levers (None: auto, see the class docstring)
+    cache_on_device: bool | None = None
+    channels_last: bool | None = None
+    compile: bool = False
+    check_every_step: bool | None = None
     seed: int = 0
     resume: str | None = None  # None (refuses when the run folder holds a run), "latest", or a state folder
 
@@ -245,3 +274,36 @@ def resolve_mixed_precision(setting: str, device: torch.device | str) -> str:
             return CPU_AUTO_MIXED_PRECISION
         return "no"
     return setting
+
+
+#: The largest share of the free GPU memory that ``cache_on_device=None`` lets the latent cache take.
+CACHE_ON_DEVICE_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class SpeedLevers:
+    """The speed levers of a run as resolved for one device (see :class:`TrainConfig`)."""
+
+    cache_on_device: bool
+    channels_last: bool
+    compile: bool
+    check_every_step: bool
+
+
+def resolve_speed_levers(config: TrainConfig, device: torch.device | str, cache_nbytes: int | None = None
+                         ) -> SpeedLevers:
+    """The levers of ``config`` on ``device``; None (auto) becomes the device's default. ``cache_nbytes``: the size
+    of the latent cache (None: it cannot be moved, so it is not kept on the device unless asked)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+
+    def auto(value: bool | None, default: bool) -> bool:
+        return default if value is None else bool(value)
+
+    fits = False
+    if cuda and cache_nbytes is not None:
+        free, _ = torch.cuda.mem_get_info(device)
+        fits = cache_nbytes <= CACHE_ON_DEVICE_SHARE * free
+    return SpeedLevers(cache_on_device=auto(config.cache_on_device, fits),
+                       channels_last=auto(config.channels_last, cuda), compile=bool(config.compile),
+                       check_every_step=auto(config.check_every_step, not cuda))
