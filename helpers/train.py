@@ -136,6 +136,7 @@ def _continue_from(resume_path: Path, parts: TrainParts, config: TrainConfig, da
     extra = checkpoints.load_state(resume_path, model=parts.unet, optimizer=parts.optimizer,
                                    lr_scheduler=parts.lr_scheduler, ema=parts.ema, generators={"data": saved})
     run_folder.check_same_config(config, extra.get("config") or {}, resume_path)
+    _match_parameter_layout(parts)
     if saved.state is not None:
         _restore_data_generator(data_gen, saved.state, resume_path)
     step = int(extra["step"])
@@ -151,6 +152,23 @@ def _continue_from(resume_path: Path, parts: TrainParts, config: TrainConfig, da
         last_unet = dict(checkpoints.list_checkpoints(run_dir, kind="unet")).get(step)
     position = Position(step, int(extra["epoch"]), int(extra["pos"]), data_gen.get_state())
     return position, float(extra.get("elapsed", 0.0)), last_unet
+
+
+def _match_parameter_layout(parts: TrainParts) -> None:
+    """Put the loaded AdamW moments and EMA weights in the memory layout of their parameters (a checkpoint holds
+    them contiguous): fused AdamW pairs state and parameter elements by memory position, so a channels_last UNet
+    with contiguous moments would get silently wrong updates."""
+    def like(param: Tensor, value: Tensor) -> Tensor:
+        if value.shape != param.shape or value.stride() == param.stride():
+            return value
+        return torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+    for param, state in parts.optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, Tensor):
+                state[key] = like(param, value)
+    if parts.ema is not None:
+        parts.ema.shadow_params = [like(p, s) for p, s in zip(parts.params, parts.ema.shadow_params)]
 
 
 class _SavedGeneratorState:

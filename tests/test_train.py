@@ -354,3 +354,115 @@ def test_default_sample_prompts_come_from_the_captions_without_a_test_json(tmp_p
     P = resolve_profile("demo", True, tmp_path, tmp_path / "out", verbose=False)
     assert default_sample_prompts(P, 3) == ["a red thing number 0", "a red thing number 2", "a red thing number 4"]
     assert TrainConfig.for_profile(P).sample_prompts == default_sample_prompts(P, 4)
+
+
+# --------------------------------------------------------------------------------------------------- speed levers
+def test_deferred_checks_train_exactly_like_checking_every_step(tmp_path, cache):
+    # check_every_step=False (the CUDA default) reads loss and grad norm back only at log/sample/save steps: the
+    # same steps, losses and weights as reading every step.
+    kwargs = dict(max_steps=7, save_freq=4, log_every=3, grad_accum=2)
+    every = train(config(tmp_path, "every", check_every_step=True, **kwargs), cache=cache)
+    deferred = train(config(tmp_path, "deferred", check_every_step=False, **kwargs), cache=cache)
+    assert deferred.losses == every.losses and len(deferred.losses) == 7
+    assert_same(model_weights(every.state), model_weights(deferred.state))
+    logged = read_metrics(deferred.run_dir)
+    assert [r["step"] for r in logged] == [3, 6, 7]
+    assert [r["grad_norm"] for r in logged] == [r["grad_norm"] for r in read_metrics(every.run_dir)]
+
+
+def test_a_deferred_check_stops_at_the_next_check_and_saves_nothing_after_the_bad_step(tmp_path, cache):
+    # checks at log steps (every 10) and before every save (every 3): the NaN of step 5 is found before the save
+    # of step 6, which is not written
+    cfg = config(tmp_path, "nan-deferred", max_steps=12, save_freq=3, log_every=10, check_every_step=False)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 5 .*Found at step 6.*steps 4\.\.6 were "
+                                                 r"applied.*state_3") as err:
+        train(cfg, cache=PoisonedCache(cache, bad_call=5))
+    assert err.value.what == "loss"
+    run = Path(cfg.run_dir)
+    assert [s for s, _ in checkpoints.list_checkpoints(run, "state")] == [3]
+    assert [s for s, _ in checkpoints.list_checkpoints(run, "unet")] == [3]
+    assert read_metrics(run) == []
+
+
+def test_channels_last_trains_resumes_exactly_and_saves_loadable_checkpoints(tmp_path, cache):
+    from diffusers import UNet2DConditionModel
+
+    kwargs = dict(max_steps=4, save_freq=2, channels_last=True)
+    full = train(config(tmp_path, "cl-full", **kwargs), cache=cache)
+    assert full.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    first = train(config(tmp_path, "cl-split", **kwargs), cache=cache, callback=stop_at(2))
+    second = train(config(tmp_path, "cl-split", resume="latest", **kwargs), cache=cache)
+    assert first.step == 2 and second.losses == full.losses[2:]
+    assert_same(model_weights(full.state), model_weights(second.state))
+    plain = train(config(tmp_path, "plain", max_steps=4, save_freq=2, channels_last=False), cache=cache)
+    assert plain.unet.conv_in.weight.is_contiguous()
+    # the same maths in another memory order: equal up to float rounding
+    assert_same(model_weights(plain.state), model_weights(full.state), exact=False, atol=1e-4)
+    unet = UNet2DConditionModel.from_pretrained(full.checkpoint)
+    assert_same(unet.state_dict(), unet_weights(full.checkpoint))
+
+
+def test_a_cache_on_the_device_draws_the_same_batches_and_needs_a_latent_cache(tmp_path, cache):
+    moved = cache.to("cpu", torch.bfloat16)
+    assert moved.mean.dtype == torch.bfloat16 and cache.mean.dtype == torch.float16  # a copy, the original kept
+    assert moved.nbytes == cache.nbytes < cache.to("cpu", torch.float32).nbytes  # 2 bytes per value in both
+    assert moved.device == torch.device("cpu") and moved.captions is cache.captions and moved.caption_ids.dtype == \
+        torch.long
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a, b = cache.batch(torch.arange(8), g1), cache.to("cpu").batch(torch.arange(8), g2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    on = train(config(tmp_path, "on", max_steps=3, save_freq=3, cache_on_device=True), cache=cache)
+    off = train(config(tmp_path, "off", max_steps=3, save_freq=3, cache_on_device=False), cache=cache)
+    assert on.losses == off.losses  # on a CPU the cache already is where the step runs
+    with pytest.raises(TypeError, match="cache_on_device=True needs a helpers.cache.LatentCache"):
+        train(config(tmp_path, "poisoned", max_steps=1, cache_on_device=True), cache=PoisonedCache(cache, 9))
+
+
+def test_a_resume_refuses_a_data_generator_of_another_device(tmp_path, cache):
+    from helpers.train import _restore_data_generator
+
+    gen = torch.Generator().manual_seed(0)
+    cuda_like_state = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state: seed and offset
+    with pytest.raises(RunFolderError, match=r"drawn on a GPU; this run draws them on cpu.*cache_on_device=True"):
+        _restore_data_generator(gen, cuda_like_state, tmp_path / "state_2")
+    state = torch.Generator().manual_seed(5).get_state()
+    _restore_data_generator(gen, state, tmp_path / "state_2")
+    assert torch.equal(gen.get_state(), state)
+
+
+def test_compile_warms_up_without_touching_the_run(tmp_path, cache, monkeypatch):
+    # torch.compile itself is exercised on CUDA (tests/test_cuda.py); here it is the identity, so the warm-up pass
+    # must leave weights, optimizer, EMA and data order exactly as without it.
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or model)
+    events = []
+    with_compile = train(config(tmp_path, "compiled", max_steps=3, save_freq=3, compile=True), cache=cache,
+                         callback=events.append)
+    without = train(config(tmp_path, "eager", max_steps=3, save_freq=3), cache=cache)
+    assert len(compiled) == 1 and with_compile.compile_s is not None and without.compile_s is None
+    assert events[0].kind == "start" and events[0].metrics["compile_s"] == with_compile.compile_s
+    assert events[0].metrics["speed_levers"]["compile"] is True
+    assert with_compile.losses == without.losses
+    assert_same(model_weights(with_compile.state), model_weights(without.state))
+    assert_same(load_file(str(with_compile.state / "optimizer.safetensors")),
+                load_file(str(without.state / "optimizer.safetensors")))
+
+
+def test_auto_levers_per_device_and_sdpa_attention_everywhere():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from helpers.train import build_train_parts
+    from helpers.train_config import resolve_speed_levers
+    from helpers.unet import build_unet
+
+    cpu = resolve_speed_levers(TrainConfig(), "cpu", cache_nbytes=10)
+    assert (cpu.cache_on_device, cpu.channels_last, cpu.compile, cpu.check_every_step) == (False, False, False, True)
+    forced = resolve_speed_levers(TrainConfig(channels_last=True, check_every_step=False, compile=True), "cpu")
+    assert (forced.channels_last, forced.check_every_step, forced.compile) == (True, False, True)
+    # diffusers' scaled_dot_product_attention processor (flash attention on a GPU) in every attention layer
+    tiny = build_train_parts(TrainConfig(unet_preset="tiny"), (4, 8, 8), 32, "cpu").unet
+    reference = build_unet("reference", cross_attention_dim=512, sample_size=32, device="meta")
+    for unet in (tiny, reference):
+        kinds = {type(p).__name__ for p in unet.attn_processors.values()}
+        assert unet.attn_processors and all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values()), \
+            kinds
