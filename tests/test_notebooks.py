@@ -5,9 +5,9 @@
 - in the course profile with tiny local stand-ins for CLIP and Stable Diffusion's VAE (real architectures, random
   weights, loaded through the same ``from_pretrained`` code as the hub models);
 - on data sets of a user's own, built here in temporary folders: a course-format set that is not the demo set
-  (monster IDs with underscores, palette and grey+alpha images) and an imagefolder set without test.json. These run
-  through :func:`run_chapters_on`, which also checks that the VAE was trained under the outputs folder and that the
-  data folder is byte-identical afterwards (other data sources reuse it).
+  (monster IDs with underscores, palette and grey+alpha images), an imagefolder set without test.json, a
+  ``Dataset.save_to_disk`` folder and a parquet file. These run through :func:`run_chapters_on`, which also checks
+  that the VAE was trained under the outputs folder and that the data folder is byte-identical afterwards.
 """
 
 from __future__ import annotations
@@ -197,3 +197,58 @@ def test_all_notebooks_run_in_the_course_profile_with_local_models(tmp_path, tin
     assert meta["text_encoder"] == str(tiny_clip_dir) and meta["vae_subfolder"] == "vae"
     executed = (tmp_path / "executed" / "06_submission.ipynb").read_text()
     assert "CLIP-I" in executed and "similarity=raw cosine" in executed  # scored, not skipped
+
+
+def make_datasets_source(root: Path, kind: str) -> Path:
+    """A Hugging Face ``datasets`` source of 12 sprites (some palette images), written with the library itself:
+    ``kind="save_to_disk"``: a ``save_to_disk`` folder with columns ``picture`` / ``caption`` (a list of captions
+    per row); ``kind="parquet"``: one ``.parquet`` file with the default ``image`` / ``text`` columns."""
+    import datasets
+
+    rng = np.random.default_rng(2)
+    palette = {"red": (200, 40, 40), "blue": (40, 70, 200), "green": (40, 160, 60), "yellow": (220, 200, 40)}
+    images, captions = [], []
+    for i in range(12):
+        colour = COLOURS[i % len(COLOURS)]
+        img = _sprite(rng, palette[colour])
+        images.append(img.convert("P") if i % 3 == 0 else img)
+        captions.append([f"a {colour} blob with a dark outline", f"a small {colour} blob"])
+    if kind == "save_to_disk":
+        ds = datasets.Dataset.from_dict({"picture": images, "caption": captions, "id": list(range(12))})
+        ds.cast_column("picture", datasets.Image()).save_to_disk(str(root))
+        return root
+    ds = datasets.Dataset.from_dict({"image": images, "text": [c[0] for c in captions]})
+    root.parent.mkdir(parents=True, exist_ok=True)
+    ds.cast_column("image", datasets.Image()).to_parquet(str(root))
+    return root
+
+
+def _check_datasets_copy(outputs: Path, name: str, caption_column: str) -> None:
+    """The source was copied once, as an imagefolder, under ``<outputs>/datasets/`` (never into the data)."""
+    copies = [json.loads(p.read_text()) for p in (outputs / "datasets").glob(f"{name}-*/source.json")]
+    assert len(copies) == 1, f"expected one copy of {name} under {outputs / 'datasets'}, found {len(copies)}"
+    assert copies[0]["caption_column"] == caption_column and copies[0]["n_rows"] == 12 and not copies[0]["problems"]
+
+
+@pytest.mark.notebook
+def test_all_notebooks_run_on_a_save_to_disk_dataset(tmp_path):
+    """A ``Dataset.save_to_disk`` folder with its own column names and lists of captions; no test.json."""
+    pytest.importorskip("datasets")
+    data = make_datasets_source(tmp_path / "my_dataset", "save_to_disk")
+    outputs = run_chapters_on(data, tmp_path, image_column="picture", caption_column="caption")
+    _check_datasets_copy(outputs, "my_dataset", "caption")
+    executed = (tmp_path / "executed" / "01_data_inspection.ipynb").read_text()
+    assert f"save_to_disk folder {data}" in executed and "palette image (P)" in executed
+
+
+@pytest.mark.notebook
+def test_all_notebooks_run_on_a_parquet_file(tmp_path):
+    """One ``.parquet`` file with the default ``image`` / ``text`` columns; no test.json."""
+    pytest.importorskip("datasets")
+    data = make_datasets_source(tmp_path / "sprites" / "my_sprites.parquet", "parquet")
+    folder = tree_digest(data.parent)
+    outputs = run_chapters_on(data, tmp_path)
+    assert tree_digest(data.parent) == folder, f"the chapters wrote next to {data}"
+    _check_datasets_copy(outputs, "my_sprites", "text")
+    executed = (tmp_path / "executed" / "01_data_inspection.ipynb").read_text()
+    assert f"parquet file {data}" in executed
