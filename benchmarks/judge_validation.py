@@ -144,7 +144,13 @@ def render(args, judge, sets: dict[str, tuple[list[dict], dict]], draws: list[di
              f"species {_fmt(acc_h['species'])}; demo test_reference ({acc_t['n_images']} sprites, unseen actions) "
              f"{_fmt(acc_t['colour'])} / {_fmt(acc_t['shape'])} / {_fmt(acc_t['species'])}; training images "
              f"{_fmt(rep['accuracy_train']['species'])} (species)",
-             f"- this script ran {seconds:.0f} s" + (f"; note: {args.note}" if args.note else ""), ""]
+             f"- this script ran {seconds:.0f} s" + (f"; note: {args.note}" if args.note else ""),
+             "- how to read it: adherence = share of images whose predicted colour / shape / both match the prompt; "
+             "the judge's \"none\" class (no sprite) never matches. The shape head is trained to say \"none\" on "
+             "noise, flat fills and heavily blurred sprites, the colour head on noise and white only (a blurred "
+             "sprite keeps its colour), so a heavy blur keeps some colour adherence and loses the species. The FD "
+             "column compares each case with all 640 training sprites: it ranks cases within a block, not across "
+             "the two blocks (the held-out block shows 4 monsters, far from the full set's spread).", ""]
     for title, (rows, chance) in sets.items():
         lines += [f"**{title}** (n = {rows[0]['n']} images; chance under shuffling: colour {chance['colour']:.3f}, "
                   f"shape {chance['shape']:.3f}, species {chance['species']:.3f})", "",

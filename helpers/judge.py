@@ -3,7 +3,7 @@ shape a generated image shows, so a demo run can be scored offline. It is a DEMO
 
 ::
 
-    judge = ensure_judge(train_set, profile.outputs_dir)      # trained once (~10 s on one core), then reused
+    judge = ensure_judge(train_set, profile.outputs_dir)      # trained once (10-20 s on one core), then reused
     results = judge_folder("outputs/gen", "data/demo/test.json", "data/demo/test_reference", judge)
     print_metrics(results)   # colour / shape / species adherence, and a Fréchet distance in the judge's features
 
@@ -20,11 +20,14 @@ demo species is a unique (colour, shape) pair, so "species right" means both rig
 The network (:class:`JudgeNet`): 64 px RGB (read with :func:`helpers.images.load_image`, alpha on white) → 2x
 average pool (the sprites are drawn on a 32 px grid) → a shape path (three conv blocks) and a colour path (a
 per-pixel MLP pooled over the image: it cannot see shape) → a colour head and a shape head, each with one more
-class, "none" (no sprite here: noise, a flat fill, a heavily blurred sprite), which never matches a prompt.
-Trained with cross-entropy on random flips, small shifts, mild blur and noise (generated images are not
-pixel-perfect); the shape path sees the images with their RGB channels permuted (a shape is not known by the
-colours of the few monsters that have it). Seeded, one thread: deterministic. Some monsters are never trained on;
-the report gives the accuracy on them (every colour and shape known, the pair never seen).
+class, "none", which never matches a prompt. The shape head learns "none" on noise, flat fills and heavily blurred
+sprites; the colour head on noise and blank white only (a blurred sprite still shows its colour, and teaching the
+colour head otherwise cost it accuracy on real sprites). Trained with cross-entropy on random flips, small shifts,
+mild blur and noise (generated images are not pixel-perfect); 80 % of the sprites get another body colour (a new
+label: the colour is not learnt from the eyes, beaks or crowns of the few monsters that have it) and the shape path
+sees the images with their RGB channels permuted (a shape is not learnt by its monsters' colours). Seeded, one
+thread: deterministic. Some monsters are never trained on; the report gives the accuracy on them (every colour and
+shape known, the pair never seen).
 
 Where: ``<outputs>/judge/<data-name>-<hash>/`` (:func:`judge_dir`: ``model.safetensors`` + ``judge.json``, the
 report); the hash covers the training images (names and sizes), the recipe (:data:`JUDGE_VERSION`) and the
@@ -269,7 +272,7 @@ def judge_recipe(smoke: bool = False) -> dict:
     """What :func:`ensure_judge` trains with (``smoke``: a few steps, for tests)."""
     return {"version": JUDGE_VERSION, "steps": SMOKE_STEPS if smoke else DEFAULT_STEPS, "batch_size": BATCH_SIZE,
             "lr": LR, "holdout_fraction": HOLDOUT_FRACTION, "max_shift": MAX_SHIFT, "mild_blur": 1.5,
-            "heavy_blur": [4.0, 8.0], "non_sprites": 0.25, "recolour": 0.5, "seed": 0,
+            "heavy_blur": [4.0, 8.0], "non_sprites": 0.25, "recolour": 0.8, "seed": 0,
             "width": 16, "n_features": 48, "n_colour_features": 16, "colours": list(COLOURS), "shapes": list(SHAPES)}
 
 
@@ -526,7 +529,7 @@ def _complete(folder: Path) -> bool:
 def ensure_judge(train_set, outputs_dir: str | Path, *, smoke: bool = False, resolution: int = JUDGE_RESOLUTION,
                  progress: bool = True) -> DemoJudge:
     """The demo judge of ``train_set`` (a TrainSet or a data folder): trained into :func:`judge_dir` on first use
-    (about 10 s on one core; ``smoke``: a few steps), loaded from there afterwards."""
+    (10-20 s on one CPU core; ``smoke``: a few steps), loaded from there afterwards."""
     from .data import TrainSet, load_train_set
 
     train_set = train_set if isinstance(train_set, TrainSet) else load_train_set(train_set, verbose=False)
