@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .colour_check import named_colour
 from .demo_data import COLOURS, SHAPES
 from .errors import DataError
 from .paths import atomic_folder
@@ -69,20 +70,20 @@ JUDGE_FD_NAME = "demo-judge Fréchet distance — not FID"
 ADHERENCE_NAMES = {"colour": "demo-judge colour adherence", "shape": "demo-judge shape adherence",
                    "species": "demo-judge species adherence (colour and shape)"}
 
-_COLOUR_WORDS = re.compile(r"\b(" + "|".join(map(re.escape, COLOURS)) + r")\b", re.IGNORECASE)
 _SHAPE_WORDS = re.compile(r"\b(" + "|".join(map(re.escape, SHAPES)) + r")\b", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------------------------------- labels
 def prompt_labels(text: str) -> tuple[str | None, str | None]:
-    """``(colour, shape)`` a caption or prompt names: the first colour word of ``helpers.demo_data.COLOURS`` and the
-    first shape word of ``SHAPES`` (whole words, any case); None for one it does not name.
+    """``(colour, shape)`` a caption or prompt names: the first colour word of ``helpers.demo_data.COLOURS``
+    (:func:`helpers.colour_check.named_colour`) and the first shape word of ``SHAPES`` (whole words, any case); None
+    for one it does not name.
 
     "First" matters: demo captions name the body shape before the features, and a feature may contain a shape word
     ("A red slime with bat wings." is a slime).
     """
-    colour, shape = _COLOUR_WORDS.search(text), _SHAPE_WORDS.search(text)
-    return (colour.group(1).lower() if colour else None, shape.group(1).lower() if shape else None)
+    shape = _SHAPE_WORDS.search(text)
+    return named_colour(text), shape.group(1).lower() if shape else None
 
 
 def _example_labels(captions: Sequence[str]) -> tuple[str | None, str | None]:

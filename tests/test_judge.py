@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.data import DataError, TestPrompt, load_train_set, read_test_prompts
+from helpers.data import TestPrompt, load_train_set, read_test_prompts
 from helpers.demo_data import COLOURS, SHAPES, demo_species, make_demo_dataset
+from helpers.errors import DataError
 from helpers.judge import (ADHERENCE_NAMES, JUDGE_FD_NAME, adherence, ensure_judge, judge_dir, judge_folder,
                            load_judge, prompt_labels, train_judge)
 
