@@ -24,7 +24,13 @@ from torch import Tensor
 
 from .schedule import PREDICTION_TYPES
 
-__all__ = ["snr", "snr_weights", "diffusion_target", "diffusion_loss"]
+__all__ = ["snr", "snr_weights", "loss_weights", "sample_timesteps", "diffusion_target", "diffusion_loss",
+           "LOSS_WEIGHTINGS", "TIMESTEP_SAMPLINGS"]
+
+#: How the per-sample losses are weighted by timestep (``TrainConfig.loss_weighting``).
+LOSS_WEIGHTINGS = ("min_snr", "soft_min_snr", "none")
+#: How the training timesteps are drawn (``TrainConfig.timestep_sampling``).
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 
 
 def _check_prediction_type(prediction_type: str) -> None:
@@ -50,6 +56,45 @@ def snr_weights(alphas_cumprod: Tensor, gamma: float | None, prediction_type: st
     clipped = torch.clamp(s, max=float(gamma))
     weights = clipped / s if prediction_type == "epsilon" else clipped / (s + 1)
     return weights.float()
+
+
+def loss_weights(alphas_cumprod: Tensor, weighting: str, gamma: float | None, prediction_type: str
+                 ) -> Tensor | None:
+    """Per-timestep loss weights ``[T]`` (float32) of a weighting in :data:`LOSS_WEIGHTINGS`, or None (plain MSE).
+
+    - ``"min_snr"``: :func:`snr_weights`, the x0-space weight ``min(SNR, gamma)`` (Hang et al. 2023);
+    - ``"soft_min_snr"``: its smooth version, the x0-space weight ``gamma SNR / (gamma + SNR)`` (the soft-min-SNR
+      weighting of Crowson et al. 2024; for epsilon it is ``gamma / (gamma + SNR)``, Choi et al. 2022's P2 weighting
+      with k = gamma and exponent 1, up to the factor gamma);
+    - ``"none"`` (or ``gamma`` None): no weights.
+    """
+    _check_prediction_type(prediction_type)
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, not {weighting!r}")
+    if weighting == "none" or gamma is None:
+        return None
+    if weighting == "min_snr":
+        return snr_weights(alphas_cumprod, gamma, prediction_type)
+    s = snr(alphas_cumprod)
+    x0_weight = float(gamma) * s / (float(gamma) + s)
+    return (x0_weight / s if prediction_type == "epsilon" else x0_weight / (s + 1)).float()
+
+
+def sample_timesteps(n: int, num_train_timesteps: int, generator: torch.Generator, *, sampling: str = "uniform",
+                     loc: float = 0.0, scale: float = 1.0) -> Tensor:
+    """``n`` training timesteps (long, on the generator's device), drawn with ``generator``.
+
+    - ``"uniform"``: uniform in ``[0, T)`` (DDPM, Stable Diffusion);
+    - ``"logit_normal"``: ``t / T = sigmoid(u)`` with ``u ~ N(loc, scale)`` (Esser et al. 2024, Stable Diffusion 3):
+      more of the middle timesteps, where the denoising task is neither trivial nor hopeless, fewer of both ends.
+    """
+    if sampling not in TIMESTEP_SAMPLINGS:
+        raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLINGS}, not {sampling!r}")
+    device = generator.device
+    if sampling == "uniform":
+        return torch.randint(0, num_train_timesteps, (n,), generator=generator, device=device)
+    u = torch.randn(n, generator=generator, device=device) * float(scale) + float(loc)
+    return (torch.sigmoid(u) * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
 
 
 def diffusion_target(noise_scheduler, x0: Tensor, noise: Tensor, t: Tensor, prediction_type: str) -> Tensor:

@@ -405,7 +405,9 @@ class _Session:
         per_rank = config.batch_size * config.grad_accum
         idx, epoch, pos = self.order.next(config.global_batch(self.world), position.epoch, position.pos)
         batch = draw_batch(self.source, self.data_gen, idx, int(self.parts.noise_scheduler.config.num_train_timesteps),
-                           flip_p=config.flip_p, caption_dropout=config.caption_dropout)
+                           flip_p=config.flip_p, caption_dropout=config.caption_dropout,
+                           timestep_sampling=config.timestep_sampling, timestep_loc=config.timestep_loc,
+                           timestep_scale=config.timestep_scale)
         try:
             stats = train_step(self.parts, batch.slice(self.rank * per_rank, (self.rank + 1) * per_rank), config,
                                model=self.model, finite_check=levers.check_every_step)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .data import read_test_prompts
+from .losses import LOSS_WEIGHTINGS, TIMESTEP_SAMPLINGS
 from .paths import atomic_write, outputs_root
 from .schedule import PREDICTION_TYPES, SAMPLER_NAMES
 
@@ -103,7 +104,11 @@ class TrainConfig:
     ema_power: float = 0.75
     # -- diffusion
     prediction_type: str = "epsilon"  # or "v_prediction"
-    snr_gamma: float | None = 5.0  # min-SNR-gamma loss weighting; None: plain MSE
+    snr_gamma: float | None = 5.0  # the gamma of the loss weighting; None: plain MSE
+    loss_weighting: str = "min_snr"  # "min_snr", "soft_min_snr" or "none" (helpers.losses.loss_weights)
+    timestep_sampling: str = "uniform"  # "uniform" or "logit_normal" (helpers.losses.sample_timesteps)
+    timestep_loc: float = 0.0  # logit_normal: t / T = sigmoid(N(timestep_loc, timestep_scale))
+    timestep_scale: float = 1.0
     caption_dropout: float = 0.1
     flip_p: float = 0.5
     mixed_precision: str = "auto"  # "bf16", "no" or "auto" (bf16 on CUDA, CPU_AUTO_MIXED_PRECISION on CPU)
@@ -171,6 +176,11 @@ class TrainConfig:
         problems = []
         if self.prediction_type not in PREDICTION_TYPES:
             problems.append(f"prediction_type must be 'epsilon' or 'v_prediction', not {self.prediction_type!r}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            problems.append(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, not {self.loss_weighting!r}")
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            problems.append(f"timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLINGS)}, not "
+                            f"{self.timestep_sampling!r}")
         if self.sample_scheduler not in SAMPLER_NAMES:
             problems.append(f"sample_scheduler must be one of {', '.join(SAMPLER_NAMES)}, not {self.sample_scheduler!r}")
         if self.mixed_precision not in ("auto", "bf16", "no"):
@@ -232,13 +242,14 @@ class TrainConfig:
         for name, value in mine.items():
             if name in RESUME_MAY_CHANGE:
                 continue
-            a, b = _comparable(name, value), _comparable(name, theirs.get(name, _MISSING))
-            if a != b:
+            saved = theirs.get(name, _DEFAULTS.get(name, _MISSING))  # a field newer than the checkpoint: its default
+            if _comparable(name, value) != _comparable(name, saved):
                 out[name] = (value, theirs.get(name, "<missing>"))
         return out
 
 
 _MISSING = object()
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
 def _comparable(name: str, value):

@@ -71,13 +71,15 @@ class Batch:
 
 
 def draw_batch(cache, generator: torch.Generator, indices: Tensor, num_train_timesteps: int, *, flip_p: float,
-               caption_dropout: float) -> Batch:
-    """The batch of ``indices``: latents and caption embeddings from the cache, then the noise, then the timesteps,
-    all drawn from ``generator`` in this order (what makes a resumed run continue bit for bit), on the generator's
-    device (the cache's: the CPU, or the GPU for a cache in GPU memory)."""
+               caption_dropout: float, timestep_sampling: str = "uniform", timestep_loc: float = 0.0,
+               timestep_scale: float = 1.0) -> Batch:
+    """The batch of ``indices``: latents and caption embeddings from the cache, then the noise, then the timesteps
+    (:func:`helpers.losses.sample_timesteps`), all drawn from ``generator`` in this order (what makes a resumed run
+    continue bit for bit), on the generator's device (the cache's: the CPU, or the GPU for a cache in GPU memory)."""
     latents, text = cache.batch(indices, generator, flip_p=flip_p, caption_dropout=caption_dropout)
     noise = torch.randn(latents.shape, generator=generator, device=generator.device)
-    timesteps = torch.randint(0, num_train_timesteps, (len(latents),), generator=generator, device=generator.device)
+    timesteps = losses.sample_timesteps(len(latents), num_train_timesteps, generator, sampling=timestep_sampling,
+                                        loc=timestep_loc, scale=timestep_scale)
     return Batch(latents, text, noise, timesteps)
 
 
@@ -188,7 +190,8 @@ def build_train_parts(config: TrainConfig, latent_shape: Sequence[int], hidden_s
     optimizer = _make_optimizer(params, config, device)
     ema = (EMAModel(params, decay=config.ema_decay, use_ema_warmup=config.ema_warmup, inv_gamma=config.ema_inv_gamma,
                     power=config.ema_power, foreach=True) if config.ema else None)
-    snr_w = losses.snr_weights(noise_scheduler.alphas_cumprod, config.snr_gamma, config.prediction_type)
+    snr_w = losses.loss_weights(noise_scheduler.alphas_cumprod, config.loss_weighting, config.snr_gamma,
+                                config.prediction_type)
     return TrainParts(unet=unet, params=params, optimizer=optimizer, lr_scheduler=_make_lr_scheduler(optimizer, config),
                       ema=ema, noise_scheduler=noise_scheduler, scheduler_config=scheduler_config,
                       snr_w=None if snr_w is None else snr_w.to(device),

@@ -189,3 +189,44 @@ def test_train_step_refuses_a_batch_of_the_wrong_size_and_a_non_finite_loss():
     assert err.value.what == "loss" and not math.isfinite(err.value.value)
     assert all(torch.equal(a, b) for a, b in zip(before, parts.params))  # nothing applied
     assert all(p.grad is None for p in parts.params)  # and the gradients dropped
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_soft_min_snr_and_no_weights_follow_their_closed_forms(scheduler, prediction_type):
+    ab = by_hand_alphas_cumprod()
+    gamma = 5.0
+    soft = losses.loss_weights(scheduler.alphas_cumprod, "soft_min_snr", gamma, prediction_type)
+    mins = losses.loss_weights(scheduler.alphas_cumprod, "min_snr", gamma, prediction_type)
+    for t in TIMESTEPS:
+        s = (ab[t] / (1 - ab[t])).item()
+        x0_weight = gamma * s / (gamma + s)  # a smooth min(SNR, gamma)
+        expected = x0_weight / s if prediction_type == "epsilon" else x0_weight / (s + 1)
+        assert soft[t].item() == pytest.approx(expected, rel=1e-4)
+        assert soft[t].item() < mins[t].item()  # below the hard minimum everywhere
+    assert losses.loss_weights(scheduler.alphas_cumprod, "none", gamma, prediction_type) is None
+    assert losses.loss_weights(scheduler.alphas_cumprod, "min_snr", None, prediction_type) is None
+    with pytest.raises(ValueError, match="loss_weighting"):
+        losses.loss_weights(scheduler.alphas_cumprod, "p3", gamma, prediction_type)
+
+
+def test_logit_normal_timesteps_favour_the_middle_and_are_reproducible():
+    n, T = 20_000, 1000
+    uniform = losses.sample_timesteps(n, T, torch.Generator().manual_seed(0))
+    ln = losses.sample_timesteps(n, T, torch.Generator().manual_seed(0), sampling="logit_normal")
+    again = losses.sample_timesteps(n, T, torch.Generator().manual_seed(0), sampling="logit_normal")
+    assert torch.equal(ln, again) and ln.dtype == torch.long and 0 <= int(ln.min()) and int(ln.max()) < T
+    middle = lambda t: ((t >= 250) & (t < 750)).float().mean().item()  # noqa: E731
+    # P(|u| < logit(0.75) = 1.0986) for u ~ N(0, 1) is 0.7275; uniform puts half of the timesteps there
+    assert middle(ln) == pytest.approx(0.7275, abs=0.015) and middle(uniform) == pytest.approx(0.5, abs=0.015)
+    shifted = losses.sample_timesteps(n, T, torch.Generator().manual_seed(0), sampling="logit_normal", loc=1.0)
+    assert shifted.float().mean() > ln.float().mean() + 100  # loc > 0: noisier timesteps
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        losses.sample_timesteps(4, T, torch.Generator(), sampling="beta")
+
+
+def test_a_config_saved_before_the_new_fields_resumes_with_their_defaults():
+    old = TrainConfig(run_name="x").to_dict()
+    for name in ("loss_weighting", "timestep_sampling", "timestep_loc", "timestep_scale"):
+        old.pop(name)
+    assert TrainConfig(run_name="x").differences(old) == {}
+    assert "loss_weighting" in TrainConfig(run_name="x", loss_weighting="none").differences(old)

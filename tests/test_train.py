@@ -466,3 +466,23 @@ def test_auto_levers_per_device_and_sdpa_attention_everywhere():
         kinds = {type(p).__name__ for p in unet.attn_processors.values()}
         assert unet.attn_processors and all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values()), \
             kinds
+
+
+def test_the_loop_uses_the_configs_timestep_sampling_and_loss_weighting(tmp_path, cache, monkeypatch):
+    """train() draws its timesteps as config.timestep_sampling says (and weights as loss_weighting says)."""
+    from helpers import losses
+
+    seen = []
+    real = losses.sample_timesteps
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("sampling"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "sample_timesteps", spy)
+    base = dict(max_steps=2, save_freq=2)
+    uniform = train(config(tmp_path, "u", **base), cache=cache)
+    ln = train(config(tmp_path, "ln", timestep_sampling="logit_normal", **base), cache=cache)
+    plain = train(config(tmp_path, "plain", loss_weighting="none", **base), cache=cache)
+    assert seen == ["uniform"] * 2 + ["logit_normal"] * 2 + ["uniform"] * 2
+    assert uniform.losses != ln.losses and uniform.losses != plain.losses
