@@ -5,6 +5,8 @@
   them) and the Fréchet distance in the profile VAE's latent space (labelled "not FID").
 - :func:`generate_for_scoring` writes the images to score; :func:`sweep` generates and scores once per value of a
   setting (guidance, steps, checkpoint) and plots the metrics; :func:`examples_figure` shows the worst/best images.
+- :func:`pick_settings` scores candidate :class:`Setting` s (checkpoint, guidance, sampler, steps) on a held-out split
+  with the profile's judge and picks the best (:func:`pick_metric`): what chapter 06 exports the submission with.
 
 Every image (generated or reference) is read the way training reads images (:func:`helpers.images.load_image`: alpha
 composited on white, resized to the profile's resolution). A :class:`helpers.scores.MetricResult` records the model
@@ -28,7 +30,8 @@ from .frechet import VAE_FD_NAME, fid, vae_frechet_distance
 from .scores import MetricResult, metrics_table, print_metrics
 
 __all__ = ["score_folder", "generate_for_scoring", "generated_files", "examples_figure", "sweep", "SweepResult",
-           "plot_sweep", "load_reference_map", "MetricResult", "metrics_table", "print_metrics"]
+           "plot_sweep", "load_reference_map", "Setting", "SettingsPick", "pick_settings", "pick_metric",
+           "PICK_METRICS", "MetricResult", "metrics_table", "print_metrics"]
 
 
 # --------------------------------------------------------------------------------------------------- folders
@@ -310,3 +313,115 @@ def sweep(values: Sequence, prompts, reference, profile, *, out_dir: str | Path,
         folders.append(folder)
     return SweepResult(param=param, values=list(values), results=all_results, folders=folders,
                        figure=plot_sweep(param, list(values), all_results))
+
+
+# --------------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Setting:
+    """One way to generate the submission: a UNet checkpoint and the sampler settings."""
+
+    checkpoint: Path
+    guidance_scale: float
+    scheduler: str = "ddim"
+    steps: int = 50
+
+    @property
+    def label(self) -> str:
+        return f"{Path(self.checkpoint).name} g{self.guidance_scale:g} {self.scheduler}-{self.steps}"
+
+    def as_dict(self) -> dict:
+        return {"checkpoint": str(self.checkpoint), "guidance_scale": self.guidance_scale,
+                "scheduler": self.scheduler, "steps": self.steps}
+
+
+#: What a settings pick ranks by, in order of preference: the first of these that was computed.
+PICK_METRICS = ("demo-judge species adherence (colour and shape)", "FID", "CLIP-I", "CLIP-T")
+
+
+def pick_metric(results: Sequence[MetricResult]) -> str:
+    """The metric a settings pick ranks by: the first computed one of :data:`PICK_METRICS` (the demo judge's species
+    adherence, else FID, else CLIP-I, else CLIP-T), else the first computed metric (e.g. the latent Fréchet
+    distance)."""
+    computed = [r.name for r in results if not r.skipped]
+    for name in (*PICK_METRICS, *computed):
+        if name in computed:
+            return name
+    raise ValueError("every metric was skipped: there is nothing to pick the settings by")
+
+
+@dataclass
+class SettingsPick:
+    """The scores of every candidate :class:`Setting` and the best one by ``metric``."""
+
+    metric: str
+    settings: list[Setting]
+    results: list[list[MetricResult]]
+    folders: list[Path]
+
+    def value(self, i: int) -> float | None:
+        return next((r.value for r in self.results[i] if r.name == self.metric), None)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return next(r.higher_is_better for res in self.results for r in res if r.name == self.metric)
+
+    @property
+    def best_index(self) -> int:
+        """The best candidate (the first of equals: list the cheaper settings first)."""
+        scored = [(i, v) for i, v in enumerate(self.value(i) for i in range(len(self.settings))) if v is not None]
+        sign = 1.0 if self.higher_is_better else -1.0
+        return max(scored, key=lambda iv: (sign * iv[1], -iv[0]))[0]
+
+    @property
+    def best(self) -> Setting:
+        return self.settings[self.best_index]
+
+    def table(self) -> str:
+        """One row per candidate, one column per computed metric; ``*`` marks the best."""
+        names = list(dict.fromkeys(r.name for res in self.results for r in res if not r.skipped))
+        rows = [["", "setting", *names]]
+        for i, (s, res) in enumerate(zip(self.settings, self.results)):
+            values = {r.name: ("skipped" if r.skipped else f"{r.value:.4f}") for r in res}
+            rows.append(["*" if i == self.best_index else "", s.label, *[values.get(n, "-") for n in names]])
+        widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        better = "higher" if self.higher_is_better else "lower"
+        return "\n".join(lines + [f"best (marked *) by {self.metric}, {better} is better: {self.best.label}"])
+
+    def as_dict(self) -> dict:
+        """What the submission records about how its settings were chosen."""
+        return {"metric": self.metric, "higher_is_better": self.higher_is_better, "best": self.best.as_dict(),
+                "candidates": [{**s.as_dict(), "value": self.value(i)} for i, s in enumerate(self.settings)]}
+
+
+def pick_settings(settings: Sequence[Setting], prompts, reference, profile, *, make_tti: Callable[[Path], Any],
+                  out_dir: str | Path,
+                  metric: str | None = None, judge=None, seed: int = 0, images_per_prompt: int = 1,
+                  batch_size: int | None = None, score_kwargs: dict | None = None,
+                  progress: bool = False) -> SettingsPick:
+    """Generate ``prompts`` (a held-out split: their references are known) with every candidate setting, score each
+    folder (:func:`score_folder`, plus :func:`helpers.judge.judge_folder` when a demo ``judge`` is given) and rank
+    them by ``metric`` (default :func:`pick_metric`). Seeds are per prompt key, so every candidate starts from the
+    same noise and only the setting differs. ``make_tti(checkpoint)`` loads a checkpoint (e.g.
+    ``lambda c: TextToImage.from_checkpoint(c, frozen)``), once per checkpoint. Images go to ``out_dir/<n>/``
+    (replaced).
+    """
+    from .judge import judge_folder
+
+    if not settings:
+        raise ValueError("pick_settings needs at least one candidate setting")
+    out_dir, models = Path(out_dir), {}
+    score_kwargs = dict(score_kwargs or {})
+    results, folders = [], []
+    for i, s in enumerate(settings):
+        key = str(s.checkpoint)
+        if key not in models:
+            models[key] = make_tti(s.checkpoint)
+        folder = generate_for_scoring(models[key], prompts, out_dir / f"{i:02d}", size=int(profile.resolution),
+                                      images_per_prompt=images_per_prompt, seed=seed, guidance_scale=s.guidance_scale,
+                                      steps=s.steps, scheduler=s.scheduler, batch_size=batch_size, progress=progress)
+        res = score_folder(folder, prompts, reference, profile, **score_kwargs)
+        results.append((judge_folder(folder, prompts, reference, judge) if judge is not None else []) + res)
+        folders.append(folder)
+    return SettingsPick(metric=metric or pick_metric(results[0]), settings=list(settings), results=results,
+                        folders=folders)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import warnings
 import zipfile
@@ -23,7 +24,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from .paths import atomic_folder
+from .paths import atomic_folder, atomic_write
 
 __all__ = ["seed_for", "export_submission", "generate_folder", "regenerate_one", "verify_submission",
            "SubmissionReport", "zip_submission", "contact_sheet", "read_prompts", "read_prompt_file"]
@@ -138,8 +139,9 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
 
 
 def generate_folder(tti, items: Sequence[tuple[str, str, int]], out_dir: str | Path, *, size: int,
-                    guidance_scale: float = 7.5, steps: int = 50, scheduler: str = "ddim", batch_size: int = 16,
-                    overwrite: bool = False, progress: bool = True) -> tuple[Path, int]:
+                    guidance_scale: float = 7.5, steps: int = 50, scheduler: str = "ddim",
+                    batch_size: int | None = None, overwrite: bool = False, progress: bool = True
+                    ) -> tuple[Path, int]:
     """Generate ``(file_name, prompt, seed)`` items into ``out_dir`` (RGB PNG, ``size`` x ``size``), atomically.
 
     The images go to a temporary sibling folder that replaces ``out_dir`` at the end, so ``out_dir`` never holds a
@@ -166,8 +168,8 @@ def generate_folder(tti, items: Sequence[tuple[str, str, int]], out_dir: str | P
 
 
 def export_submission(tti, prompts, out_dir: str | Path, *, size: int, guidance_scale: float = 7.5,
-                      steps: int = 50, scheduler: str = "ddim", seed: int = 0, batch_size: int = 16,
-                      overwrite: bool = False, progress: bool = True) -> Path:
+                      steps: int = 50, scheduler: str = "ddim", seed: int = 0, batch_size: int | None = None,
+                      overwrite: bool = False, progress: bool = True, chosen_by: dict | None = None) -> Path:
     """Generate one ``size`` x ``size`` RGB PNG per prompt into ``out_dir/<image_name>``; returns ``out_dir``.
 
     ``tti``: a text-to-image object with ``generate(prompts, seeds, guidance_scale=, steps=, scheduler=,
@@ -175,7 +177,8 @@ def export_submission(tti, prompts, out_dir: str | Path, *, size: int, guidance_
     file (test.json, JSONL or text: :func:`read_prompt_file`) or a list of ``TestPrompt``. Seeds: :func:`seed_for`
     ``(key, seed)``. Images of another size are resized (Lanczos) with a warning. If ``out_dir`` holds files:
     ``FileExistsError`` unless ``overwrite=True``, which replaces the folder (never a mix of two submissions).
-    Settings and seeds go to ``<out_dir>.json``.
+    Settings and seeds go to ``<out_dir>.json``, with ``chosen_by`` (how the settings were picked, e.g.
+    :meth:`helpers.metrics.SettingsPick.as_dict`) when given. ``batch_size`` None: the device's default.
     """
     plist = read_prompts(prompts)
     out_dir = Path(out_dir)
@@ -187,10 +190,10 @@ def export_submission(tti, prompts, out_dir: str | Path, *, size: int, guidance_
     manifest = {"n_images": len(plist), "size": size, "guidance_scale": guidance_scale, "steps": steps,
                 "scheduler": scheduler, "seed": seed, "seed_rule": "sha256(f'{seed}:{key}')[:4] & 0x7FFFFFFF",
                 "generator": str(getattr(tti, "checkpoint", None) or type(tti).__name__), "resized": resized,
+                "chosen_by": chosen_by,
                 "images": {p.image_name: {"key": p.key, "seed": s, "prompt": p.text_prompt}
                            for p, s in zip(plist, seeds)}}
-    out_dir.with_name(out_dir.name + ".json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False),
-                                                         encoding="utf-8")
+    atomic_write(out_dir.with_name(out_dir.name + ".json"), json.dumps(manifest, indent=1, ensure_ascii=False))
     return out_dir
 
 
@@ -271,15 +274,14 @@ def zip_submission(out_dir: str | Path, zip_path: str | Path | None = None) -> P
     if not pngs:
         raise FileNotFoundError(f"{out_dir}: no PNG files to zip")
     zip_path = Path(zip_path) if zip_path else out_dir.with_name(out_dir.name + ".zip")
-    tmp = zip_path.with_name(f".{zip_path.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    buf = io.BytesIO()  # (a submission is a few hundred MB at most)
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for p in pngs:
             info = zipfile.ZipInfo(p.name, date_time=(2020, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, p.read_bytes())
-    tmp.replace(zip_path)
-    return zip_path
+    return atomic_write(zip_path, buf.getvalue())
 
 
 def contact_sheet(out_dir: str | Path, prompts, n: int = 16, ncols: int = 8, *, label_chars: int = 60,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+import torch
 from torch import nn
 
 from helpers.data import DataError, TestPrompt, read_test_prompts
@@ -245,3 +246,73 @@ def test_bad_prompt_files_are_named(tmp_path):
     latin.write_bytes("caf\xe9 monster\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin.txt: not UTF-8 text"):
         read_prompts(latin)
+
+
+class ReferencePainter:
+    """A test double that paints each prompt's reference image, plus noise that grows with |guidance - best|."""
+
+    def __init__(self, references: dict, best_guidance: float, scale: float):
+        self.references, self.best_guidance, self.scale = references, best_guidance, scale
+
+    def generate(self, prompts, seeds, *, guidance_scale=7.5, steps=50, scheduler="ddim", batch_size=8,
+                 progress=True):
+        out = []
+        for p, s in zip(prompts, seeds):
+            ref = np.asarray(Image.open(self.references[p]), dtype=np.float64)
+            noise = np.random.default_rng(s).normal(0, 1, ref.shape)
+            amount = self.scale * (abs(guidance_scale - self.best_guidance) + 0.1)
+            out.append(Image.fromarray(np.clip(ref + amount * noise, 0, 255).astype(np.uint8)))
+        return out
+
+
+def test_pick_settings_ranks_candidates_by_the_profiles_judge(tmp_path, monkeypatch):
+    """Two checkpoints x two guidance scales: the pick is the checkpoint and guidance whose images are closest to
+    the references, by a (lower is better) Fréchet distance; the table marks it and as_dict records every value."""
+    from types import SimpleNamespace
+
+    from helpers import frechet, metrics
+
+    prompts = read_test_prompts(write_test_json(tmp_path / "test.json", 6))
+    refdir = tmp_path / "ref"
+    refdir.mkdir()
+    refmap, by_prompt = {}, {}
+    for i, p in enumerate(prompts):
+        arr = np.zeros((16, 16, 3), np.uint8)
+        arr[:, : 2 + 2 * i] = (30 * i, 200 - 20 * i, 90)
+        Image.fromarray(arr).save(refdir / f"r{i}.png")
+        refmap[p.image_name], by_prompt[p.text_prompt] = [refdir / f"r{i}.png"], refdir / f"r{i}.png"
+    profile = SimpleNamespace(name="demo", resolution=16, background=(255, 255, 255), device="cpu", vae="none",
+                              vae_subfolder=None)
+    painters = {"good": ReferencePainter(by_prompt, 3.0, 5.0), "bad": ReferencePainter(by_prompt, 3.0, 60.0)}
+
+    class Mean(nn.Module):
+        def forward(self, x):
+            return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+    monkeypatch.setattr(frechet, "inception_problem", lambda: "offline")
+    settings = [metrics.Setting(Path(c), g, "ddim", 4) for c in ("bad", "good") for g in (1.0, 3.0)]
+    pick = metrics.pick_settings(settings, prompts, refmap, profile, make_tti=lambda c: painters[str(c)],
+                                 out_dir=tmp_path / "pick", score_kwargs=dict(fid_extractor=Mean(),
+                                                                              compute_clip=False, compute_vae_fd=False))
+    assert pick.metric == "Fréchet distance (custom features)" and not pick.higher_is_better
+    assert pick.best == metrics.Setting(Path("good"), 3.0, "ddim", 4)
+    assert "best (marked *) by Fréchet distance" in pick.table() and pick.table().count("\n*") == 1
+    record = pick.as_dict()
+    assert record["best"]["guidance_scale"] == 3.0 and len(record["candidates"]) == 4
+    assert all(verify_submission(f, prompts, 16).ok for f in pick.folders)
+
+
+def test_pick_metric_prefers_the_demo_judge_then_fid_then_clip():
+    from helpers import metrics
+    from helpers.scores import MetricResult
+
+    def res(*names_values):
+        return [MetricResult(n, v, "m", 4) if v is not None else MetricResult.skip(n, "offline")
+                for n, v in names_values]
+
+    species = metrics.PICK_METRICS[0]
+    assert metrics.pick_metric(res(("FID", 80.0), (species, 0.5), ("CLIP-I", 0.7))) == species
+    assert metrics.pick_metric(res(("FID", None), ("CLIP-T", 0.3), ("CLIP-I", 0.7))) == "CLIP-I"
+    assert metrics.pick_metric(res(("FID", None), ("latent FD", 3.0))) == "latent FD"
+    with pytest.raises(ValueError, match="skipped"):
+        metrics.pick_metric(res(("FID", None)))
