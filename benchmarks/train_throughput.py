@@ -31,7 +31,9 @@ Examples::
     .venv/bin/python benchmarks/train_throughput.py --precision --preset demo
     .venv/bin/python benchmarks/train_throughput.py --device cuda --resolution 256 --batch-size 32
 
-Results go to ``benchmarks/RESULTS.md`` (this script's section for the mode is replaced; the rest is kept).
+Results go to ``benchmarks/RESULTS.md`` (this script's section for the mode is replaced; the rest is kept). On a GPU,
+``benchmarks/train_levers.py`` measures the speed levers, the MFU and this comparison at the course's scale
+(``benchmarks/gpu_check.sh`` runs it).
 """
 
 from __future__ import annotations
