@@ -4,9 +4,9 @@
 #   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--quick] [--as-gpu-image] [OUT_DIR]   (default outputs/gpu_check)
 #   bash benchmarks/gpu_check.sh --fetch-wheels      # on a machine with pip: the wheels the GPU image lacks -> ./.whl
 #
-# (a) installs the wheels of benchmarks/gpu_wheels.txt from ./.whl when that folder holds any (diffusers and what the
-#     notebooks need: the GPU image has torch, transformers, accelerate, safetensors, huggingface_hub, matplotlib, ...
-#     but not these): pip install --no-index --no-deps --target $SITE, then PYTHONPATH;
+# (a) installs the wheels of benchmarks/gpu_wheels.txt from ./.whl when it holds any and python is 3.12 (diffusers and
+#     what the notebooks need: the GPU image has torch, transformers, accelerate, safetensors, huggingface_hub,
+#     matplotlib, ... but not these): pip install --no-index --no-deps --target $SITE, then PYTHONPATH;
 # (b) runs the CUDA tests (pytest -m cuda: tests/test_cuda.py) and the six notebooks in the course profile in smoke mode
 #     with the tiny local CLIP/VAE of tests/conftest.py (tests/test_notebooks.py, the course-profile test);
 # (c) benchmarks/train_levers.py: training samples/s of the reference UNet at 256 px, global batch 64, bf16, each speed
@@ -49,10 +49,14 @@ START=$(date +%s)
 DEADLINE=$((START + ${GPU_CHECK_SECONDS:-$([ $QUICK = 1 ] && echo 1800 || echo 470)}))
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=$REPO/.venv/bin/python; else PY=python3; fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}  # (the notebook kernels import helpers too)
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1  # every model here is built locally
 
 # (a) the wheels the GPU image lacks
 SITE=${SITE:-/tmp/gpu-check-site}
-if compgen -G ".whl/*.whl" > /dev/null; then
+PY_VERSION=$($PY -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if compgen -G ".whl/*.whl" > /dev/null && [ "$PY_VERSION" != 3.12 ]; then
+  echo "not installing .whl: its wheels are for Python 3.12 (the GPU image), this is Python $PY_VERSION" | tee -a "$LOG"
+elif compgen -G ".whl/*.whl" > /dev/null; then
   echo "installing $(ls .whl/*.whl | wc -l) wheels from .whl into $SITE" | tee -a "$LOG"
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
     >> "$LOG" 2>&1 || { echo "pip install of .whl failed (see $LOG)" | tee -a "$LOG"; exit 2; }
