@@ -268,12 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     vae, text_encoder = sd_vae(device), HashTokenizerCLIP(device)
     latent_shape = (4, resolution // 8, resolution // 8)
     hidden = text_encoder.hidden_size
+    steps = args.log_every * (args.warmup_windows + args.windows)
     n_images = max(256, 4 * batch)
     g = torch.Generator().manual_seed(0)
     images = torch.rand(n_images, 3, resolution, resolution, generator=g) * 2 - 1
-    sources = {"cached": random_cache(n_images, latent_shape, hidden),
+    # the cache holds a whole row's batches: no epoch boundary (a permutation copy) inside a timed row
+    sources = {"cached": random_cache(max(n_images, batch * steps), latent_shape, hidden),
                "encode": EncodeEveryStep(images, random_captions(n_images), vae, text_encoder, latent_shape)}
-    steps = args.log_every * (args.warmup_windows + args.windows)
     base = dict(unet_preset=preset, resolution=resolution, batch_size=batch, max_steps=steps, warmup_steps=1,
                 eval_freq=0, save_freq=0, log_every=args.log_every, device=str(device), mixed_precision=mixed,
                 sample_prompts=[])

@@ -99,7 +99,10 @@ class DataOrder:
 
     def permutation(self, epoch: int) -> Tensor:
         if epoch != self._epoch:
-            self._epoch, self._perm = epoch, _epoch_permutation(self.n, self.seed, epoch).to(self.device)
+            perm = _epoch_permutation(self.n, self.seed, epoch)
+            if self.device.type == "cuda":  # from pinned memory: an asynchronous copy, the host does not wait
+                perm = perm.pin_memory().to(self.device, non_blocking=True)
+            self._epoch, self._perm = epoch, perm.to(self.device)
         return self._perm
 
     def next(self, count: int, epoch: int, pos: int) -> tuple[Tensor, int, int]:
