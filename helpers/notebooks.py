@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .paths import REPO_ROOT, outputs_root
 
@@ -33,12 +36,38 @@ def chapter_notebooks(selection: list[str] | None = None) -> list[Path]:
     return books
 
 
+#: Smoke runs are tiny models: their kernels use one thread each (no OpenMP spin-waiting when the runner shares the
+#: cores with another job, e.g. tests in parallel), set through the environment the kernels inherit.
+SMOKE_KERNEL_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@contextmanager
+def _kernel_env(env: dict[str, str]) -> Iterator[None]:
+    """Set ``env`` for the kernels started inside the block (they inherit this process's environment)."""
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def execute_notebooks(notebooks: list[Path], out_dir: Path, parameters: dict, *, timeout: int = 1800) -> list[dict]:
     """Execute each notebook with papermill (parameters injected after the ``parameters`` cell).
 
     Stops at the first failure and raises, naming the notebook and its executed copy (which shows the cell).
-    Returns one ``{"notebook", "seconds"}`` record per notebook.
+    Returns one ``{"notebook", "seconds"}`` record per notebook. Smoke runs (``parameters["smoke"]``) give their
+    kernels :data:`SMOKE_KERNEL_ENV` (one thread).
     """
+    with _kernel_env(SMOKE_KERNEL_ENV if parameters.get("smoke") else {}):
+        return _execute(notebooks, out_dir, parameters, timeout)
+
+
+def _execute(notebooks: list[Path], out_dir: Path, parameters: dict, timeout: int) -> list[dict]:
     import papermill as pm
 
     out_dir.mkdir(parents=True, exist_ok=True)
