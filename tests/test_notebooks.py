@@ -177,7 +177,7 @@ def test_all_notebooks_run_on_an_imagefolder_without_test_json(tmp_path):
     assert held["crop_to_content"] is True
     executed = (tmp_path / "executed" / "06_submission.ipynb").read_text()
     assert "no `prompts` file: there is no submission to export" in executed
-    assert "prepared like training images (cropped to content" in executed
+    assert "prepared like training images (crop_to_content=True)" in executed
 
 
 @pytest.mark.notebook
