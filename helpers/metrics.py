@@ -338,22 +338,20 @@ class Setting:
 PICK_METRICS = ("demo-judge species adherence (colour and shape)", "FID", "CLIP-I", "CLIP-T")
 
 
-def pick_metric(results: Sequence[MetricResult]) -> str:
+def pick_metric(results: Sequence[MetricResult]) -> str | None:
     """The metric a settings pick ranks by: the first computed one of :data:`PICK_METRICS` (the demo judge's species
     adherence, else FID, else CLIP-I, else CLIP-T), else the first computed metric (e.g. the latent Fréchet
-    distance)."""
+    distance); None when every metric was skipped (nothing to rank by)."""
     computed = [r.name for r in results if not r.skipped]
-    for name in (*PICK_METRICS, *computed):
-        if name in computed:
-            return name
-    raise ValueError("every metric was skipped: there is nothing to pick the settings by")
+    return next((name for name in (*PICK_METRICS, *computed) if name in computed), None)
 
 
 @dataclass
 class SettingsPick:
-    """The scores of every candidate :class:`Setting` and the best one by ``metric``."""
+    """The scores of every candidate :class:`Setting` and the best one by ``metric`` (None: every metric was
+    skipped, e.g. offline with no judge; then the first candidate is kept)."""
 
-    metric: str
+    metric: str | None
     settings: list[Setting]
     results: list[list[MetricResult]]
     folders: list[Path]
@@ -363,12 +361,15 @@ class SettingsPick:
 
     @property
     def higher_is_better(self) -> bool:
-        return next(r.higher_is_better for res in self.results for r in res if r.name == self.metric)
+        return next((r.higher_is_better for res in self.results for r in res if r.name == self.metric), True)
 
     @property
     def best_index(self) -> int:
-        """The best candidate (the first of equals: list the cheaper settings first)."""
+        """The best candidate (the first of equals: list the cheaper settings first; the first when nothing was
+        scored)."""
         scored = [(i, v) for i, v in enumerate(self.value(i) for i in range(len(self.settings))) if v is not None]
+        if not scored:
+            return 0
         sign = 1.0 if self.higher_is_better else -1.0
         return max(scored, key=lambda iv: (sign * iv[1], -iv[0]))[0]
 
@@ -385,6 +386,10 @@ class SettingsPick:
             rows.append(["*" if i == self.best_index else "", s.label, *[values.get(n, "-") for n in names]])
         widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        if self.metric is None:
+            why = "; ".join(dict.fromkeys(r.note for r in self.results[0] if r.skipped))
+            return "\n".join(lines + [f"every metric was skipped ({why}): keeping the first candidate, "
+                                      f"{self.best.label}"])
         better = "higher" if self.higher_is_better else "lower"
         return "\n".join(lines + [f"best (marked *) by {self.metric}, {better} is better: {self.best.label}"])
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from accelerate import PartialState
 
 from .cache import LatentCache, build_cache, load_cache
-from .data import load_train_set
 from .frozen import FrozenModels, load_frozen_models
 from .paths import atomic_write
 from .profiles import Profile, default_device
@@ -36,7 +35,8 @@ def profile_from_config(config: TrainConfig) -> Profile:
         data_dir=Path(config.data_dir) if config.data_dir else Path("."), outputs_dir=config.run_path.parent,
         resolution=config.resolution, text_encoder=config.text_encoder, vae=config.vae,
         vae_subfolder=config.vae_subfolder, unet_preset=config.unet_preset,
-        device=config.device or default_device())
+        device=config.device or default_device(), crop_to_content=config.crop_to_content,
+        image_column=config.image_column, caption_column=config.caption_column)
 
 
 def prepare(config: TrainConfig) -> tuple[LatentCache, FrozenModels | None]:
@@ -55,7 +55,7 @@ def prepare(config: TrainConfig) -> tuple[LatentCache, FrozenModels | None]:
             cache = load_cache(config.cache_dir)
         else:
             frozen = load_frozen_models(profile)
-            cache = load_cache(build_cache(load_train_set(profile.data_dir), frozen, profile))
+            cache = load_cache(build_cache(profile.load_train_set(), frozen, profile))
     if not state.is_main_process:
         return cache, None
     if frozen is None and config.eval_freq > 0 and config.sample_prompts:

@@ -77,6 +77,9 @@ class TrainConfig:
     smoke: bool = False
     data_dir: str | None = None  # the data set (the command line builds/finds the cache from it)
     cache_dir: str | None = None  # a cache folder from helpers.cache.build_cache (command line)
+    crop_to_content: bool = False  # the profile's image preparation and data-source columns (the command line
+    image_column: str = "image"  # rebuilds the same cache from data_dir with them)
+    caption_column: str = "text"
     resolution: int = 64
     text_encoder: str = ""
     vae: str = ""
@@ -144,7 +147,8 @@ class TrainConfig:
             run_name=run_name, run_dir=str(profile.run_dir(run_name)), profile=profile.name, smoke=profile.smoke,
             data_dir=str(profile.data_dir), resolution=profile.resolution, text_encoder=str(profile.text_encoder),
             vae=str(profile.vae), vae_subfolder=profile.vae_subfolder, unet_preset=profile.unet_preset,
-            device=profile.device)
+            device=profile.device, crop_to_content=profile.crop_to_content, image_column=profile.image_column,
+            caption_column=profile.caption_column)
         if profile.smoke:
             base.update(batch_size=8, grad_accum=1, max_steps=6, lr=2e-4, warmup_steps=2, eval_freq=3, save_freq=3,
                         log_every=1, ema_decay=0.999, prediction_type=("v_prediction" if profile.name == "demo"

@@ -10,7 +10,8 @@ import pytest
 from helpers.notebooks import chapter_notebooks
 from helpers.paths import REPO_ROOT
 
-PARAMETERS = ("profile", "smoke", "data_dir", "outputs_dir", "run_name")
+PARAMETERS = ("profile", "smoke", "data_dir", "outputs_dir", "text_encoder", "vae", "resolution", "unet_preset",
+              "crop_to_content", "image_column", "caption_column", "run_name")
 
 
 def _committed_versions(path):

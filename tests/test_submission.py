@@ -314,5 +314,7 @@ def test_pick_metric_prefers_the_demo_judge_then_fid_then_clip():
     assert metrics.pick_metric(res(("FID", 80.0), (species, 0.5), ("CLIP-I", 0.7))) == species
     assert metrics.pick_metric(res(("FID", None), ("CLIP-T", 0.3), ("CLIP-I", 0.7))) == "CLIP-I"
     assert metrics.pick_metric(res(("FID", None), ("latent FD", 3.0))) == "latent FD"
-    with pytest.raises(ValueError, match="skipped"):
-        metrics.pick_metric(res(("FID", None)))
+    assert metrics.pick_metric(res(("FID", None))) is None
+    nothing = metrics.SettingsPick(None, [metrics.Setting(Path("a"), 3.0), metrics.Setting(Path("b"), 1.0)],
+                                   [res(("FID", None)), res(("FID", None))], [Path("x"), Path("y")])
+    assert nothing.best.checkpoint == Path("a") and "every metric was skipped (skipped: offline)" in nothing.table()
