@@ -160,12 +160,12 @@ class TrainConfig:
                         save_freq=500, log_every=25, ema_decay=0.9999, sample_steps=50, sample_guidance=3.0,
                         n_prompts=8)
         else:  # demo: minutes on a laptop CPU
-            # Measured (a stand-in VAE, the demo UNet and MiniLM, 640 sprites): with epsilon prediction and 400 steps
-            # of 32 the samples are still noise; v-prediction, lr 1e-3 and 800 steps of 16 (the same compute) give
-            # the colour of the prompt in 16 of 16 samples at guidance >= 3.
-            base.update(batch_size=16, grad_accum=1, max_steps=800, lr=1e-3, warmup_steps=40, eval_freq=200,
+            # benchmarks/recipe_study.py (equal compute, scored by the demo judge on the 64 held-out test prompts,
+            # see benchmarks/RESULTS.md): v-prediction (epsilon: species adherence 20 % vs 73 %), lr 2e-3 (86 %) and
+            # logit-normal timesteps (80 %, the lowest judge Frechet distance); together 83-84 % over two seeds.
+            base.update(batch_size=16, grad_accum=1, max_steps=800, lr=2e-3, warmup_steps=40, eval_freq=200,
                         save_freq=200, log_every=10, ema_decay=0.999, prediction_type="v_prediction",
-                        sample_steps=25, sample_guidance=4.0, n_prompts=8)
+                        timestep_sampling="logit_normal", sample_steps=25, sample_guidance=4.0, n_prompts=8)
         n_prompts = base.pop("n_prompts")
         if "sample_prompts" not in overrides:
             base["sample_prompts"] = default_sample_prompts(profile, n_prompts)

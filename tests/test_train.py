@@ -239,6 +239,8 @@ def test_config_json_roundtrip_and_profile_defaults(tmp_path):
     demo = TrainConfig.for_profile(profile("demo", False), run_name="x", lr=1e-4)
     assert demo.unet_preset == "demo" and demo.max_steps <= 1000 and demo.lr == 1e-4
     assert demo.prediction_type == "v_prediction" and course.prediction_type == "epsilon"
+    adopted = TrainConfig.for_profile(profile("demo", False))  # the recipe study's winner (benchmarks/RESULTS.md)
+    assert (adopted.lr, adopted.timestep_sampling) == (2e-3, "logit_normal") and course.timestep_sampling == "uniform"
     assert demo.run_dir == str(tmp_path / "out" / "x")
     smoke = TrainConfig.for_profile(profile("demo", True))
     assert smoke.max_steps <= 10 and smoke.eval_freq <= 5 and smoke.run_dir.endswith("main-smoke")
