@@ -212,16 +212,9 @@ def judge_folder(generated_dir: str | Path, prompts, reference, judge: DemoJudge
     ``<stem>__<k>.png`` count too. Returns colour, shape and species adherence (per_image: 1/0) and the
     demo-judge Fréchet distance to the references (every reference image once). A missing image is an error.
     """
-    from .data import read_test_prompts
-    from .metrics import generated_files
+    from .metrics import generated_pairs
 
-    gen_dir = Path(generated_dir)
-    plist = read_test_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
-    missing = [p.image_name for p in plist if not (gen_dir / p.image_name).is_file()]
-    if missing:
-        raise DataError(f"{gen_dir}: {len(missing)} generated image(s) missing, e.g. {missing[:5]} "
-                        "(generate them first, e.g. with helpers.metrics.generate_for_scoring)")
-    pairs = [(f, p) for p in plist for f in generated_files(gen_dir, p)]
+    plist, pairs = generated_pairs(generated_dir, prompts)
     colours, shapes, feats = judge.run([f for f, _ in pairs], batch_size)
     shares, hits = adherence(list(zip(colours, shapes)), [prompt_labels(p.text_prompt) for _, p in pairs])
     settings = {"resolution": judge.resolution, "judge": judge.folder.name if judge.folder else "in memory"}

@@ -30,7 +30,7 @@ from .frechet import VAE_FD_NAME, fid, vae_frechet_distance
 from .scores import MetricResult, metrics_table, print_metrics
 
 __all__ = ["score_folder", "generate_for_scoring", "generated_files", "examples_figure", "sweep", "SweepResult",
-           "plot_sweep", "load_reference_map", "Setting", "SettingsPick", "pick_settings", "pick_metric",
+           "plot_sweep", "load_reference_map", "generated_pairs", "Setting", "SettingsPick", "pick_settings", "pick_metric",
            "PICK_METRICS", "MetricResult", "metrics_table", "print_metrics"]
 
 
@@ -74,6 +74,21 @@ def generated_files(generated_dir: str | Path, prompt) -> list[Path]:
         if k.isdigit():
             extra.append((int(k), p))
     return [folder / prompt.image_name] + [p for _, p in sorted(extra)]
+
+
+def generated_pairs(generated_dir: str | Path, prompts) -> tuple[list, list[tuple[Path, Any]]]:
+    """``(prompts, [(generated image, its prompt), ...])`` of a folder to score: ``prompts`` is a test.json-style
+    file or a list of ``TestPrompt``; every prompt's images (:func:`generated_files`) in prompt order. Raises
+    DataError naming the folder when a prompt's ``<image_name>`` is missing."""
+    from .data import DataError, read_test_prompts
+
+    gen_dir = Path(generated_dir)
+    plist = read_test_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
+    missing = [p.image_name for p in plist if not (gen_dir / p.image_name).is_file()]
+    if missing:
+        raise DataError(f"{gen_dir}: {len(missing)} generated image(s) missing, e.g. {missing[:5]} "
+                        "(generate them first, e.g. with helpers.metrics.generate_for_scoring)")
+    return plist, [(f, p) for p in plist for f in generated_files(gen_dir, p)]
 
 
 def generate_for_scoring(tti, prompts, out_dir: str | Path, *, size: int, images_per_prompt: int = 1, seed: int = 0,
@@ -121,22 +136,15 @@ def score_folder(generated_dir: str | Path, prompts, reference, profile, *, clip
     (labelled "not FID"; ``vae`` = a loaded VAE, else the profile's is loaded). A missing generated image is an error
     that names it.
     """
-    from .data import DataError, read_test_prompts
+    from .data import DataError
 
     device = device or getattr(profile, "device", "cpu")
-    gen_dir = Path(generated_dir)
-    plist = read_test_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
+    plist, pairs = generated_pairs(generated_dir, prompts)  # every generated image with its prompt
     refs = load_reference_map(reference, plist)
-    missing = [p.image_name for p in plist if not (gen_dir / p.image_name).is_file()]
-    if missing:
-        raise DataError(f"{gen_dir}: {len(missing)} generated image(s) missing, e.g. {missing[:5]} "
-                        "(generate them first, e.g. with helpers.metrics.generate_for_scoring)")
     no_ref = [p.image_name for p in plist if not refs.get(p.image_name)]
     if no_ref:
         raise DataError(f"no reference image for {no_ref[:5]} in the reference map")
     res, bg = int(profile.resolution), tuple(getattr(profile, "background", (255, 255, 255)))
-    # every generated image with its prompt (a prompt may have several: <stem>__<k>.png)
-    pairs = [(f, p) for p in plist for f in generated_files(gen_dir, p)]
     gen_paths = [f for f, _ in pairs]
     ref_paths = sorted({r for p in plist for r in refs[p.image_name]})
     results: list[MetricResult] = []
