@@ -301,6 +301,11 @@ def read_metadata_jsonl(path: str | Path) -> list[tuple[int, str, tuple[str, ...
     return rows
 
 
+def prompt_list(prompts) -> list[TestPrompt]:
+    """``prompts`` as a list of ``TestPrompt``: a test.json-style file (:func:`read_test_prompts`) or any sequence."""
+    return read_test_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
+
+
 def read_test_prompts(path: str | Path) -> list[TestPrompt]:
     """``test.json`` ``{key: {"text_prompt": .., "image_name": "<name>.png"}}`` as a list, in file order.
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .clip_scores import ClipScorer, clip_or_skip, clip_scores
+from .data import DataError, prompt_list
 from .frechet import VAE_FD_NAME, fid, vae_frechet_distance
 from .scores import MetricResult, metrics_table, print_metrics
 
@@ -43,7 +44,6 @@ def load_reference_map(reference: str | Path | Mapping[str, Sequence[str | Path]
 
     Relative paths in a JSON file are relative to the file's folder.
     """
-    from .data import DataError
 
     if isinstance(reference, Mapping):
         return {str(k): [Path(p) for p in (v if isinstance(v, (list, tuple)) else [v])] for k, v in reference.items()}
@@ -80,10 +80,9 @@ def generated_pairs(generated_dir: str | Path, prompts) -> tuple[list, list[tupl
     """``(prompts, [(generated image, its prompt), ...])`` of a folder to score: ``prompts`` is a test.json-style
     file or a list of ``TestPrompt``; every prompt's images (:func:`generated_files`) in prompt order. Raises
     DataError naming the folder when a prompt's ``<image_name>`` is missing."""
-    from .data import DataError, read_test_prompts
 
     gen_dir = Path(generated_dir)
-    plist = read_test_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
+    plist = prompt_list(prompts)
     missing = [p.image_name for p in plist if not (gen_dir / p.image_name).is_file()]
     if missing:
         raise DataError(f"{gen_dir}: {len(missing)} generated image(s) missing, e.g. {missing[:5]} "
@@ -136,8 +135,6 @@ def score_folder(generated_dir: str | Path, prompts, reference, profile, *, clip
     (labelled "not FID"; ``vae`` = a loaded VAE, else the profile's is loaded). A missing generated image is an error
     that names it.
     """
-    from .data import DataError
-
     device = device or getattr(profile, "device", "cpu")
     plist, pairs = generated_pairs(generated_dir, prompts)  # every generated image with its prompt
     refs = load_reference_map(reference, plist)
@@ -183,12 +180,11 @@ def examples_figure(result: MetricResult, generated_dir: str | Path, prompts, re
                     background: tuple[int, int, int] = (255, 255, 255)):
     """The ``k`` worst (top row) and ``k`` best (bottom row) generated images by ``result.per_image``, each with its
     score and prompt, and — when ``reference`` (a reference map) is given — its first reference image beside it."""
-    from .data import read_test_prompts
     from .plots import show_images
 
     if result.skipped or not result.per_image:
         raise ValueError(f"{result.name} has no per-image scores ({result.note or 'nothing computed'})")
-    plist = read_test_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
+    plist = prompt_list(prompts)
     gen_dir = Path(generated_dir)
     owner = {f.name: p for p in plist for f in generated_files(gen_dir, p)}
     refs = load_reference_map(reference, plist) if reference is not None else None
@@ -284,9 +280,8 @@ def sweep(values: Sequence, prompts, reference, profile, *, out_dir: str | Path,
     are replaced). Seeds are per prompt key (:func:`helpers.submission.seed_for`), so every value sees the same
     initial noise. ``score_kwargs`` go to :func:`score_folder` (the CLIP model and the VAE are loaded once).
     """
-    from .data import read_test_prompts
 
-    plist = read_test_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
+    plist = prompt_list(prompts)
     out_dir = Path(out_dir)
     score_kwargs = dict(score_kwargs or {})
     device = score_kwargs.get("device") or getattr(profile, "device", "cpu")
@@ -363,6 +358,8 @@ class SettingsPick:
     settings: list[Setting]
     results: list[list[MetricResult]]
     folders: list[Path]
+    inputs: tuple = ()  # what the images were generated from (prompt names, seed, images per prompt)
+    reused: list[bool] = field(default_factory=list)  # candidate i was taken from an earlier pick
 
     def value(self, i: int) -> float | None:
         return next((r.value for r in self.results[i] if r.name == self.metric), None)
@@ -386,12 +383,14 @@ class SettingsPick:
         return self.settings[self.best_index]
 
     def table(self) -> str:
-        """One row per candidate, one column per computed metric; ``*`` marks the best."""
+        """One row per candidate, one column per computed metric; ``*`` marks the best; a candidate taken from an
+        earlier pick says "(scored before)"."""
         names = list(dict.fromkeys(r.name for res in self.results for r in res if not r.skipped))
         rows = [["", "setting", *names]]
         for i, (s, res) in enumerate(zip(self.settings, self.results)):
             values = {r.name: ("skipped" if r.skipped else f"{r.value:.4f}") for r in res}
-            rows.append(["*" if i == self.best_index else "", s.label, *[values.get(n, "-") for n in names]])
+            label = s.label + (" (scored before)" if self.reused and self.reused[i] else "")
+            rows.append(["*" if i == self.best_index else "", label, *[values.get(n, "-") for n in names]])
         widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         if self.metric is None:
@@ -411,22 +410,31 @@ def pick_settings(settings: Sequence[Setting], prompts, reference, profile, *, m
                   out_dir: str | Path,
                   metric: str | None = None, judge=None, seed: int = 0, images_per_prompt: int = 1,
                   batch_size: int | None = None, score_kwargs: dict | None = None,
-                  progress: bool = False) -> SettingsPick:
+                  reuse: Sequence[SettingsPick] = (), progress: bool = False) -> SettingsPick:
     """Generate ``prompts`` (a held-out split: their references are known) with every candidate setting, score each
     folder (:func:`score_folder`, plus :func:`helpers.judge.judge_folder` when a demo ``judge`` is given) and rank
     them by ``metric`` (default :func:`pick_metric`). Seeds are per prompt key, so every candidate starts from the
     same noise and only the setting differs. ``make_tti(checkpoint)`` loads a checkpoint (e.g.
     ``lambda c: TextToImage.from_checkpoint(c, frozen)``), once per checkpoint. Images go to ``out_dir/<n>/``
-    (replaced).
+    (replaced). A candidate already scored by one of the ``reuse`` picks, from the same prompts, seed and images
+    per prompt, is taken from it instead of generated again (e.g. the winner of the previous search).
     """
     from .judge import judge_folder
 
     if not settings:
         raise ValueError("pick_settings needs at least one candidate setting")
+    prompts = prompt_list(prompts)
+    inputs = (tuple(p.image_name for p in prompts), seed, images_per_prompt)
+    done = {s: (res, folder) for p in reuse if p.inputs == inputs
+            for s, res, folder in zip(p.settings, p.results, p.folders)}
     out_dir, models = Path(out_dir), {}
     score_kwargs = dict(score_kwargs or {})
     results, folders = [], []
     for i, s in enumerate(settings):
+        if s in done:
+            results.append(done[s][0])
+            folders.append(done[s][1])
+            continue
         key = str(s.checkpoint)
         if key not in models:
             models[key] = make_tti(s.checkpoint)
@@ -437,4 +445,4 @@ def pick_settings(settings: Sequence[Setting], prompts, reference, profile, *, m
         results.append((judge_folder(folder, prompts, reference, judge) if judge is not None else []) + res)
         folders.append(folder)
     return SettingsPick(metric=metric or pick_metric(results[0]), settings=list(settings), results=results,
-                        folders=folders)
+                        folders=folders, inputs=inputs, reused=[s in done for s in settings])

@@ -253,9 +253,11 @@ class ReferencePainter:
 
     def __init__(self, references: dict, best_guidance: float, scale: float):
         self.references, self.best_guidance, self.scale = references, best_guidance, scale
+        self.calls: list[tuple[float, str, int]] = []
 
     def generate(self, prompts, seeds, *, guidance_scale=7.5, steps=50, scheduler="ddim", batch_size=8,
                  progress=True):
+        self.calls.append((guidance_scale, scheduler, steps))
         out = []
         for p, s in zip(prompts, seeds):
             ref = np.asarray(Image.open(self.references[p]), dtype=np.float64)
@@ -300,6 +302,21 @@ def test_pick_settings_ranks_candidates_by_the_profiles_judge(tmp_path, monkeypa
     record = pick.as_dict()
     assert record["best"]["guidance_scale"] == 3.0 and len(record["candidates"]) == 4
     assert all(verify_submission(f, prompts, 16).ok for f in pick.folders)
+
+    # the next search re-uses what the first one scored: its winner is not generated again
+    calls = len(painters["good"].calls)
+    samplers = [pick.best, metrics.Setting(Path("good"), 3.0, "dpm++", 4)]
+    again = metrics.pick_settings(samplers, prompts, refmap, profile, make_tti=lambda c: painters[str(c)],
+                                  out_dir=tmp_path / "pick2", reuse=[pick], score_kwargs=dict(
+                                      fid_extractor=Mean(), compute_clip=False, compute_vae_fd=False))
+    assert painters["good"].calls[calls:] == [(3.0, "dpm++", 4)] and again.reused == [True, False]
+    assert again.folders[0] == pick.folders[pick.best_index] and again.value(0) == pick.value(pick.best_index)
+    assert "good g3 ddim-4 (scored before)" in again.table()
+    # ... but only from the same prompts and seed: another seed generates everything
+    other = metrics.pick_settings(samplers[:1], prompts, refmap, profile, make_tti=lambda c: painters[str(c)],
+                                  out_dir=tmp_path / "pick3", reuse=[pick], seed=1, score_kwargs=dict(
+                                      fid_extractor=Mean(), compute_clip=False, compute_vae_fd=False))
+    assert other.reused == [False] and painters["good"].calls[-1] == (3.0, "ddim", 4)
 
 
 def test_pick_metric_prefers_the_demo_judge_then_fid_then_clip():
