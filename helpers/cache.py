@@ -54,20 +54,52 @@ def _model_fingerprint(model_id: str, subfolder: str | None = None) -> dict:
     return {"id": os.path.basename(os.path.normpath(model_id)), "subfolder": subfolder, "files": files}
 
 
+def _example_line(ex: Example) -> str:
+    """What one cached image depends on: its file (name, size, modification time), key and captions."""
+    stat = ex.path.stat()
+    return f"{ex.path.name}|{stat.st_size}|{stat.st_mtime_ns}|{ex.key}|{json.dumps(ex.captions)}"
+
+
+def _settings(*, text_encoder: str, vae: str, vae_subfolder: str | None, resolution: int,
+              background: tuple[int, int, int], crop_to_content: bool) -> dict:
+    """Everything but the images that the cached tensors depend on (JSON-ready)."""
+    return {"format": CACHE_FORMAT, "text_encoder": _model_fingerprint(text_encoder),
+            "vae": _model_fingerprint(vae, vae_subfolder), "resolution": resolution, "background": list(background),
+            "crop_to_content": crop_to_content}
+
+
 def cache_key(train_set: TrainSet, *, text_encoder: str, vae: str, vae_subfolder: str | None, resolution: int,
               background: tuple[int, int, int], crop_to_content: bool = False) -> str:
     """A short hash of everything the cached tensors depend on."""
     h = hashlib.sha256()
     for ex in train_set.examples:
-        stat = ex.path.stat()
-        h.update(f"{ex.path.name}|{stat.st_size}|{stat.st_mtime_ns}|{ex.key}|{json.dumps(ex.captions)}\n".encode())
-    settings = {
-        "format": CACHE_FORMAT, "text_encoder": _model_fingerprint(text_encoder),
-        "vae": _model_fingerprint(vae, vae_subfolder), "resolution": resolution, "background": list(background),
-        "crop_to_content": crop_to_content,
-    }
+        h.update(f"{_example_line(ex)}\n".encode())
+    settings = _settings(text_encoder=text_encoder, vae=vae, vae_subfolder=vae_subfolder, resolution=resolution,
+                         background=background, crop_to_content=crop_to_content)
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+def _profile_settings(profile: Profile) -> dict:
+    return _settings(text_encoder=profile.text_encoder, vae=profile.vae, vae_subfolder=profile.vae_subfolder,
+                     resolution=profile.resolution, background=profile.background,
+                     crop_to_content=profile.crop_to_content)
+
+
+def _superset(train_set: TrainSet, profile: Profile, digests: list[str]) -> tuple[Path, list[int]] | None:
+    """A complete cache of the same data folder and settings that already holds every image of ``train_set`` (e.g.
+    the whole data set's, when ``train_set`` leaves out the held-out keys): its folder and the row of each image."""
+    settings = json.loads(json.dumps(_profile_settings(profile)))
+    for index in sorted(profile.cache_dir.glob("*/index.json")):
+        if not (index.parent / COMPLETE).exists():
+            continue
+        meta = json.loads(index.read_text())
+        if meta.get("settings") != settings or meta.get("data_root") != str(train_set.root):
+            continue
+        row = {d: i for i, d in enumerate(meta.get("examples", []))}
+        if all(d in row for d in digests):
+            return index.parent, [row[d] for d in digests]
+    return None
 
 
 @dataclass
@@ -187,7 +219,9 @@ def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, 
     part of the cache key.
 
     Returns the cache folder; when a complete cache with the same key exists it is reused (nothing is encoded).
-    The folder is written under a temporary name and renamed when complete, so an interrupted build never
+    When another complete cache of the same data folder and settings already holds every image of ``train_set``
+    (the whole data set's cache, and ``train_set`` leaves out the held-out keys), its rows are copied instead of
+    encoding the images again (``rebuild=True`` encodes anyway). The folder is written under a temporary name and renamed when complete, so an interrupted build never
     leaves a cache that looks finished.
     """
     key = cache_key(train_set, text_encoder=profile.text_encoder, vae=profile.vae,
@@ -201,11 +235,22 @@ def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, 
         num_workers = 0 if len(train_set.examples) < 2000 else min(4, os.cpu_count() or 1)
 
     paths = [ex.path for ex in train_set.examples]
-    latents = _encode_views(train_set.examples, frozen, profile.resolution, profile.background,
-                            profile.crop_to_content, batch_size, num_workers)
     captions = train_set.distinct_captions()
     index = {c: i for i, c in enumerate(captions)}
-    text_emb = frozen.text_encoder.encode(captions, batch_size=64, progress=True).to("cpu", torch.float16)
+    digests = [hashlib.sha256(_example_line(ex).encode()).hexdigest()[:16] for ex in train_set.examples]
+    source = None if rebuild else _superset(train_set, profile, digests)
+    if source is not None:  # e.g. the training split of a data set whose whole cache exists: take its rows
+        full = load_cache(source[0])
+        rows = torch.tensor(source[1], dtype=torch.long)
+        latents = {k: getattr(full, k)[rows].contiguous() for k in ("mean", "std", "mean_flip", "std_flip")}
+        row_of = {c: i for i, c in enumerate(full.captions)}
+        text_emb = full.text_emb[torch.tensor([row_of[c] for c in captions])]
+        print(f"Taking {len(paths)} of the {full.n_images} images (and their captions) of the cache {source[0]}: "
+              "nothing to encode")
+    else:
+        latents = _encode_views(train_set.examples, frozen, profile.resolution, profile.background,
+                                profile.crop_to_content, batch_size, num_workers)
+        text_emb = frozen.text_encoder.encode(captions, batch_size=64, progress=True).to("cpu", torch.float16)
     k = max(len(ex.captions) for ex in train_set.examples)
     caption_ids = torch.full((len(paths), k), -1, dtype=torch.long)
     for i, ex in enumerate(train_set.examples):
@@ -220,6 +265,7 @@ def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, 
         "crop_to_content": profile.crop_to_content, "scaling_factor": scaling_factor(frozen.vae),
         "keys": [ex.key for ex in train_set.examples], "image_names": [ex.path.name for ex in train_set.examples],
         "captions": captions, "empty_index": index[""],
+        "settings": _profile_settings(profile), "examples": digests,
     }
     with atomic_folder(folder, replace=True) as tmp:
         save_file(latents, str(tmp / "latents.safetensors"))

@@ -139,3 +139,33 @@ def test_crop_to_content_comes_from_the_profile(setup, tmp_path):
     mean, _ = encode_images(frozen.vae, image)
     torch.testing.assert_close(cache.mean[0].float(), mean[0], atol=2e-3, rtol=2e-3)
     assert not torch.allclose(encode_images(frozen.vae, plain)[0][0], mean[0], atol=2e-3, rtol=2e-3)
+
+
+def test_a_training_split_takes_its_rows_from_the_whole_sets_cache(setup, monkeypatch):
+    """The cache of a subset (the training keys, without the held-out ones) is cut from the existing cache of the
+    whole data set (nothing encoded) and holds what encoding the subset itself gives."""
+    profile, frozen, train_set, folder = setup
+    keys = train_set.keys()
+    subset = train_set.without_keys(keys[::3])
+    with monkeypatch.context() as m:
+        m.setattr("helpers.frozen.encode_images", lambda *a, **k: pytest.fail("the subset should not be encoded"))
+        m.setattr(frozen.text_encoder, "encode", lambda *a, **k: pytest.fail("its captions should not be encoded"))
+        cut = load_cache(build_cache(subset, frozen, profile))
+    assert cut.path != folder and cut.n_images == len(subset.examples) < len(train_set.examples)
+    assert cut.image_names == [ex.path.name for ex in subset.examples]
+    assert cut.captions == subset.distinct_captions()
+    encoded = load_cache(build_cache(subset, frozen, profile, rebuild=True, batch_size=7))  # encoded for real
+    for name in ("mean", "std", "mean_flip", "std_flip", "text_emb"):
+        torch.testing.assert_close(getattr(cut, name).float(), getattr(encoded, name).float(), atol=2e-3, rtol=2e-3)
+    assert torch.equal(cut.caption_ids, encoded.caption_ids)
+    # an image changed since the whole set was cached: its row is no longer valid, so the subset is encoded
+    changed = subset.examples[0].path
+    shutil.copy2(changed, changed.with_suffix(".bak"))
+    try:
+        changed.write_bytes(changed.read_bytes() + b"\0")
+        with monkeypatch.context() as m:
+            m.setattr("helpers.frozen.encode_images", lambda *a, **k: pytest.fail("encoded"))
+            with pytest.raises(pytest.fail.Exception, match="encoded"):
+                build_cache(subset, frozen, profile)
+    finally:
+        shutil.move(changed.with_suffix(".bak"), changed)
