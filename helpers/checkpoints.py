@@ -486,9 +486,15 @@ class NoCheckpointError(FileNotFoundError):
 
 def require_checkpoint(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = "latest") -> Path:
     """The UNet checkpoint to use: ``"latest"`` = the newest complete ``ckpt/unet_<step>/`` of ``run_dir``, or the
-    folder given. Raises :class:`NoCheckpointError` ("run notebook 04 first") when the run has none."""
+    folder given (as it is, or relative to ``run_dir``: ``"ckpt/unet_2000"``). Raises :class:`NoCheckpointError`
+    ("run notebook 04 first") when the run has none, or when the folder given is in neither place."""
     if str(checkpoint) != "latest":
-        return Path(checkpoint)
+        for folder in (Path(checkpoint), Path(run_dir) / checkpoint):
+            if folder.is_dir():
+                return folder
+        raise NoCheckpointError(f"No checkpoint folder {checkpoint} (neither as it is nor in {run_dir}): pick one of "
+                                f"{[p.name for _, p in list_checkpoints(run_dir, 'unet')] or 'none yet'}, e.g. "
+                                "ckpt/unet_<step>, or 'latest'.")
     found = latest_unet(run_dir)
     if found is None:
         raise NoCheckpointError(

@@ -228,7 +228,11 @@ def test_require_checkpoint_says_run_notebook_04_first(tmp_path, clip_run):
     from helpers.checkpoints import NoCheckpointError, require_checkpoint
 
     assert require_checkpoint(clip_run).name == "unet_100"
-    assert require_checkpoint(clip_run, "/some/unet_3") == Path("/some/unet_3")
+    unet_100 = require_checkpoint(clip_run)
+    assert require_checkpoint(clip_run, unet_100) == unet_100  # a folder as it is
+    assert require_checkpoint(clip_run, "ckpt/unet_100") == clip_run / "ckpt" / "unet_100"  # relative to the run
+    with pytest.raises(NoCheckpointError, match=r"No checkpoint folder ckpt/unet_3 .*pick one of \[.*'unet_100'\]"):
+        require_checkpoint(clip_run, "ckpt/unet_3")
     with pytest.raises(NoCheckpointError, match="run notebook 04 .*first") as err:
         require_checkpoint(tmp_path / "main-smoke")
     assert err.value._render_traceback_() == [str(err.value)]  # a notebook shows the message, not a traceback
