@@ -3,11 +3,12 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 PROFILE ?= auto
 DATA   ?=
 ARGS   ?=
 
-.PHONY: install run test test-fast test-browser lab clean-outputs
+.PHONY: install install-dev run test test-fast test-browser lab clean-outputs
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,18 +18,24 @@ $(STAMP): requirements.txt pyproject.toml
 	@git rev-parse --git-dir >/dev/null 2>&1 && $(VENV)/bin/nbstripout --install || true
 	@touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP)      ## what make run and make lab need (requirements.txt)
+
+install-dev: $(DEV_STAMP)  ## ... and what make test adds (requirements-dev.txt)
+
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $(DEV_STAMP)
 
 run: install          ## execute notebooks 01..06 headless into outputs/executed/ (DATA=folder, ARGS="-p resolution=32")
 	$(PY) -m helpers.notebooks --profile $(PROFILE) $(if $(DATA),--data-dir "$(DATA)") $(ARGS)
 
-test: install         ## unit tests, notebooks in smoke mode, the browser test
+test: $(DEV_STAMP)    ## unit tests, notebooks in smoke mode, the browser test
 	$(PY) -m pytest -q $(ARGS)
 
-test-fast: install    ## unit tests only
+test-fast: $(DEV_STAMP) ## unit tests only
 	$(PY) -m pytest -q -m "not notebook and not browser and not slow" $(ARGS)
 
-test-browser: install
+test-browser: $(DEV_STAMP)
 	$(PY) -m pytest -q -m browser $(ARGS)
 
 lab: install

@@ -39,13 +39,14 @@ def _latent_shape(unet) -> tuple[int, int, int]:
 
 
 #: Images per UNet call when none is given: a GPU is only busy with large batches (each call holds 2 x this many
-#: latents with guidance; the reference UNet at 32x32 latents needs ~25 MB per image in bf16 inference), a CPU gains
-#: little beyond a few.
-DEFAULT_BATCH_SIZE = {"cuda": 128, "cpu": 8}
+#: latents with guidance; the reference UNet at 32x32 latents needs ~25 MB per image in bf16 inference). A CPU gains
+#: less, but still some: the demo UNet denoises 32 guided images faster in one call than in four calls of 8
+#: (``benchmarks/cpu_threads.py``).
+DEFAULT_BATCH_SIZE = {"cuda": 128, "cpu": 32}
 
 
 def default_batch_size(device: torch.device | str) -> int:
-    """Images per UNet call for ``device``: :data:`DEFAULT_BATCH_SIZE` (8 on anything but CUDA)."""
+    """Images per UNet call for ``device``: :data:`DEFAULT_BATCH_SIZE` (32 on anything but CUDA)."""
     return DEFAULT_BATCH_SIZE.get(torch.device(device).type, DEFAULT_BATCH_SIZE["cpu"])
 
 
