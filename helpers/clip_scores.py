@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .frozen import _quiet_loading
+from .frozen import quiet_loading
 from .scores import MetricResult, load_pils
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -102,7 +102,7 @@ def load_clip(model_id: str = DEFAULT_CLIP, device: str | torch.device = "cpu") 
     """``CLIPModel`` + ``CLIPProcessor`` from a hub id or a local folder (``from_pretrained``), frozen, eval."""
     from transformers import CLIPModel, CLIPProcessor
 
-    with _quiet_loading():
+    with quiet_loading():
         model = CLIPModel.from_pretrained(model_id).to(device).eval().requires_grad_(False)
         processor = CLIPProcessor.from_pretrained(model_id)
     return ClipScorer(model, processor, str(model_id), device)

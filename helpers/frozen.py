@@ -31,7 +31,7 @@ class ModelLoadError(OSError):
 
 # --------------------------------------------------------------------------------------------------- loading utils
 @contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
+def quiet_loading() -> Iterator[None]:
     """Silence the load reports of transformers/diffusers (e.g. CLIP's unused vision weights) and their bars."""
     import diffusers.utils.logging as dlog
     import transformers.utils.logging as tlog
@@ -127,7 +127,7 @@ class TextEncoder:
         prompts = _as_list(prompts)
         if not prompts:
             return []
-        with warnings.catch_warnings(), _quiet_loading():  # "sequence longer than model_max_length" notices
+        with warnings.catch_warnings(), quiet_loading():  # "sequence longer than model_max_length" notices
             warnings.simplefilter("ignore")
             ids = self.tokenizer(prompts, add_special_tokens=True, truncation=False, padding=False)["input_ids"]
         return [len(x) for x in ids]
@@ -211,14 +211,14 @@ def load_text_encoder(model_id: str | Path, device: str | torch.device = "cpu", 
     sub_kw = {"subfolder": subfolder} if subfolder else {}
     tok_kw = {"subfolder": tokenizer_subfolder} if tokenizer_subfolder else {}
     try:
-        with _quiet_loading():
+        with quiet_loading():
             config = AutoConfig.from_pretrained(model_id, **sub_kw)
     except (OSError, ValueError) as err:
         raise _hub_error(model_id, subfolder, "text encoder", err) from err
     model_type = getattr(config, "model_type", "")
     kind = "clip" if model_type in CLIP_MODEL_TYPES else "bert"
     try:
-        with _quiet_loading():
+        with quiet_loading():
             if kind == "clip":
                 tokenizer = CLIPTokenizer.from_pretrained(model_id, **tok_kw)
                 model = CLIPTextModel.from_pretrained(model_id, dtype=dtype, **sub_kw)
@@ -264,7 +264,7 @@ def load_vae(model_id: str | Path, subfolder: str | None = None, device: str | t
                 "Pass the folder of the VAE (for a Stable Diffusion folder: subfolder='vae').")
     kw = {"subfolder": subfolder} if subfolder else {}
     try:
-        with _quiet_loading(), warnings.catch_warnings():
+        with quiet_loading(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
             vae = AutoencoderKL.from_pretrained(model_id, torch_dtype=dtype, **kw)
     except (OSError, ValueError) as err:

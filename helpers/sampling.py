@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .frozen import _quiet_loading, decode_latents
+from .frozen import quiet_loading, decode_latents
 from .paths import atomic_folder
 from .schedule import SAMPLER_NAMES, sampling_scheduler, scheduler_config_or_course_default
 
@@ -414,7 +414,7 @@ def _quiet():
     from contextlib import ExitStack
 
     stack = ExitStack()
-    stack.enter_context(_quiet_loading())
+    stack.enter_context(quiet_loading())
     import diffusers.utils.logging as dlog
 
     if dlog.is_progress_bar_enabled():
