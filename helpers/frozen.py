@@ -202,13 +202,7 @@ def load_text_encoder(model_id: str | Path, device: str | torch.device = "cpu", 
     For a Stable Diffusion folder pass ``subfolder="text_encoder"`` (the tokenizer is then read from
     ``tokenizer/``).
     """
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoTokenizer,
-        CLIPTextModel,
-        CLIPTokenizer,
-    )
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, CLIPTokenizer
 
     model_id = str(model_id)
     _check_local(model_id, subfolder, "text encoder")

@@ -25,11 +25,7 @@ from tqdm.auto import tqdm
 
 from .frozen import decode_latents, quiet_loading
 from .paths import atomic_folder
-from .schedule import (
-    SAMPLER_NAMES,
-    sampling_scheduler,
-    scheduler_config_or_course_default,
-)
+from .schedule import SAMPLER_NAMES, sampling_scheduler, scheduler_config_or_course_default
 
 __all__ = ["sample_latents", "decode_to_pil", "initial_noise", "TextToImage", "check_unet_folder", "default_batch_size",
            "export_pipeline", "load_pipeline", "timed_generate", "SAMPLER_NAMES"]
