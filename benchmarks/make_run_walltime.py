@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, default=None, help="clone into this (new) folder and keep it")
     ap.add_argument("--note", default=None, help="a line of context for RESULTS.md (e.g. machine load)")
     ap.add_argument("--no-record", action="store_true", help="print only, do not write RESULTS.md")
+    ap.add_argument("--once", action="store_true", help="only the first (fresh clone) run")
     args = ap.parse_args(argv)
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="make-run-"))
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         first, nb_first = timed_make_run(clone, args.profile, work / "make-run-1.log")
         print(f"first make run: {first:.1f} s", flush=True)
-        second, nb_second = timed_make_run(clone, args.profile, work / "make-run-2.log")
+        second, nb_second = (float("nan"), {}) if args.once else timed_make_run(clone, args.profile,
+                                                                              work / "make-run-2.log")
         print(f"second make run: {second:.1f} s", flush=True)
     finally:
         if args.keep is None:
