@@ -14,6 +14,7 @@ the median and the range. Results go to this script's section of ``benchmarks/RE
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import shlex
 import statistics
@@ -55,7 +56,7 @@ def workloads() -> dict:
         loss.backward()
         opt.step()
 
-    unet = build_train_parts(cfg, (4, 16, 16), 384, "cpu").unet.eval()
+    unet = copy.deepcopy(parts.unet).eval()  # generation's own copy: train_step keeps changing parts.unet
 
     @torch.no_grad()
     def generate(per_call: int):

@@ -68,29 +68,28 @@ def _settings(*, text_encoder: str, vae: str, vae_subfolder: str | None, resolut
             "crop_to_content": crop_to_content}
 
 
-def cache_key(train_set: TrainSet, *, text_encoder: str, vae: str, vae_subfolder: str | None, resolution: int,
-              background: tuple[int, int, int], crop_to_content: bool = False) -> str:
-    """A short hash of everything the cached tensors depend on."""
+def _key(lines: list[str], settings: dict) -> str:
     h = hashlib.sha256()
-    for ex in train_set.examples:
-        h.update(f"{_example_line(ex)}\n".encode())
-    settings = _settings(text_encoder=text_encoder, vae=vae, vae_subfolder=vae_subfolder, resolution=resolution,
-                         background=background, crop_to_content=crop_to_content)
+    for line in lines:
+        h.update(f"{line}\n".encode())
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
-def _profile_settings(profile: Profile) -> dict:
-    return _settings(text_encoder=profile.text_encoder, vae=profile.vae, vae_subfolder=profile.vae_subfolder,
-                     resolution=profile.resolution, background=profile.background,
-                     crop_to_content=profile.crop_to_content)
+def cache_key(train_set: TrainSet, *, text_encoder: str, vae: str, vae_subfolder: str | None, resolution: int,
+              background: tuple[int, int, int], crop_to_content: bool = False) -> str:
+    """A short hash of everything the cached tensors depend on."""
+    return _key([_example_line(ex) for ex in train_set.examples],
+                _settings(text_encoder=text_encoder, vae=vae, vae_subfolder=vae_subfolder, resolution=resolution,
+                          background=background, crop_to_content=crop_to_content))
 
 
-def _superset(train_set: TrainSet, profile: Profile, digests: list[str]) -> tuple[Path, list[int]] | None:
+def _superset(train_set: TrainSet, cache_dir: Path, settings: dict, digests: list[str]
+              ) -> tuple[Path, list[int]] | None:
     """A complete cache of the same data folder and settings that already holds every image of ``train_set`` (e.g.
     the whole data set's, when ``train_set`` leaves out the held-out keys): its folder and the row of each image."""
-    settings = json.loads(json.dumps(_profile_settings(profile)))
-    for index in sorted(profile.cache_dir.glob("*/index.json")):
+    settings = json.loads(json.dumps(settings))  # as it reads back from index.json
+    for index in sorted(cache_dir.glob("*/index.json")):
         if not (index.parent / COMPLETE).exists():
             continue
         meta = json.loads(index.read_text())
@@ -221,12 +220,14 @@ def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, 
     Returns the cache folder; when a complete cache with the same key exists it is reused (nothing is encoded).
     When another complete cache of the same data folder and settings already holds every image of ``train_set``
     (the whole data set's cache, and ``train_set`` leaves out the held-out keys), its rows are copied instead of
-    encoding the images again (``rebuild=True`` encodes anyway). The folder is written under a temporary name and renamed when complete, so an interrupted build never
-    leaves a cache that looks finished.
+    encoding the images again (``rebuild=True`` encodes anyway). The folder is written under a temporary name and
+    renamed when complete, so an interrupted build never leaves a cache that looks finished.
     """
-    key = cache_key(train_set, text_encoder=profile.text_encoder, vae=profile.vae,
-                    vae_subfolder=profile.vae_subfolder, resolution=profile.resolution,
-                    background=profile.background, crop_to_content=profile.crop_to_content)
+    lines = [_example_line(ex) for ex in train_set.examples]
+    settings = _settings(text_encoder=profile.text_encoder, vae=profile.vae, vae_subfolder=profile.vae_subfolder,
+                         resolution=profile.resolution, background=profile.background,
+                         crop_to_content=profile.crop_to_content)
+    key = _key(lines, settings)
     folder = profile.cache_dir / f"{train_set.root.name}-{profile.resolution}px-{key}"
     if (folder / COMPLETE).exists() and not rebuild:
         print(f"Reusing the cache in {folder}")
@@ -237,8 +238,8 @@ def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, 
     paths = [ex.path for ex in train_set.examples]
     captions = train_set.distinct_captions()
     index = {c: i for i, c in enumerate(captions)}
-    digests = [hashlib.sha256(_example_line(ex).encode()).hexdigest()[:16] for ex in train_set.examples]
-    source = None if rebuild else _superset(train_set, profile, digests)
+    digests = [hashlib.sha256(line.encode()).hexdigest()[:16] for line in lines]
+    source = None if rebuild else _superset(train_set, profile.cache_dir, settings, digests)
     if source is not None:  # e.g. the training split of a data set whose whole cache exists: take its rows
         full = load_cache(source[0])
         rows = torch.tensor(source[1], dtype=torch.long)
@@ -265,7 +266,7 @@ def build_cache(train_set: TrainSet, frozen: FrozenModels, profile: Profile, *, 
         "crop_to_content": profile.crop_to_content, "scaling_factor": scaling_factor(frozen.vae),
         "keys": [ex.key for ex in train_set.examples], "image_names": [ex.path.name for ex in train_set.examples],
         "captions": captions, "empty_index": index[""],
-        "settings": _profile_settings(profile), "examples": digests,
+        "settings": settings, "examples": digests,
     }
     with atomic_folder(folder, replace=True) as tmp:
         save_file(latents, str(tmp / "latents.safetensors"))

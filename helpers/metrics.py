@@ -31,8 +31,8 @@ from .frechet import VAE_FD_NAME, fid, vae_frechet_distance
 from .scores import MetricResult, metrics_table, print_metrics
 
 __all__ = ["score_folder", "generate_for_scoring", "generated_files", "examples_figure", "sweep", "SweepResult",
-           "plot_sweep", "load_reference_map", "generated_pairs", "Setting", "SettingsPick", "pick_settings", "pick_metric",
-           "PICK_METRICS", "MetricResult", "metrics_table", "print_metrics"]
+           "plot_sweep", "load_reference_map", "generated_pairs", "Setting", "SettingsPick", "pick_settings",
+           "pick_metric", "PICK_METRICS", "MetricResult", "metrics_table", "print_metrics"]
 
 
 # --------------------------------------------------------------------------------------------------- folders
@@ -44,7 +44,6 @@ def load_reference_map(reference: str | Path | Mapping[str, Sequence[str | Path]
 
     Relative paths in a JSON file are relative to the file's folder.
     """
-
     if isinstance(reference, Mapping):
         return {str(k): [Path(p) for p in (v if isinstance(v, (list, tuple)) else [v])] for k, v in reference.items()}
     path = Path(reference)
@@ -80,7 +79,6 @@ def generated_pairs(generated_dir: str | Path, prompts) -> tuple[list, list[tupl
     """``(prompts, [(generated image, its prompt), ...])`` of a folder to score: ``prompts`` is a test.json-style
     file or a list of ``TestPrompt``; every prompt's images (:func:`generated_files`) in prompt order. Raises
     DataError naming the folder when a prompt's ``<image_name>`` is missing."""
-
     gen_dir = Path(generated_dir)
     plist = prompt_list(prompts)
     missing = [p.image_name for p in plist if not (gen_dir / p.image_name).is_file()]
@@ -280,7 +278,6 @@ def sweep(values: Sequence, prompts, reference, profile, *, out_dir: str | Path,
     are replaced). Seeds are per prompt key (:func:`helpers.submission.seed_for`), so every value sees the same
     initial noise. ``score_kwargs`` go to :func:`score_folder` (the CLIP model and the VAE are loaded once).
     """
-
     plist = prompt_list(prompts)
     out_dir = Path(out_dir)
     score_kwargs = dict(score_kwargs or {})

@@ -161,8 +161,8 @@ class TrainConfig:
                         n_prompts=8)
         else:  # demo: minutes on a laptop CPU
             # benchmarks/recipe_study.py (equal compute, scored by the demo judge on the 64 held-out test prompts,
-            # see benchmarks/RESULTS.md): v-prediction (epsilon: species adherence 20 % vs 73 %), lr 2e-3 (86 %) and
-            # logit-normal timesteps (80 %, the lowest judge Frechet distance); together 83-84 % over two seeds.
+            # see benchmarks/RESULTS.md; two seeds each): v-prediction (epsilon: species adherence 20-27 % vs 73-75 %),
+            # lr 2e-3 (73-86 %) and logit-normal timesteps (80 %, the lowest judge Frechet distance); together 83-84 %.
             # Round 2 (lr 4e-3, EMA, caption dropout, batch 32, UNet width/depth) found nothing better at this
             # budget. Sample grids at guidance 3: 86-88 % (guidance 4: 83-84 %, 2: 84-86 %, 6: 73-78 %).
             base.update(batch_size=16, grad_accum=1, max_steps=800, lr=2e-3, warmup_steps=40, eval_freq=400,

@@ -2,7 +2,8 @@
 the keyboard, and check the displayed image changes (the kernel regenerated it through the widget's comm).
 
 Needs Debian's Chromium (``apt-get install -y chromium`` -> /usr/bin/chromium) and Playwright's Python package
-(requirements-dev.txt); skipped with the reason when Chromium is missing. Marker: ``browser`` (``pytest -m browser``).
+(requirements-dev.txt); skipped with the reason when Chromium is missing. Marker: ``browser``
+(``pytest -m browser``).
 The notebook uses a tiny CLIP + VAE + UNet saved in tmp (no demo data, no training), so the run takes ~30-60 s.
 """
 

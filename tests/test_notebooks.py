@@ -64,10 +64,10 @@ DATA_CHAPTERS = [c for c in CHAPTERS if c != "03_unet"]
 
 def run_chapters_on(data_dir: str | Path, tmp_path: Path, *, profile: str = "demo", chapters=DATA_CHAPTERS,
                     **params) -> Path:
-    """Run the ``chapters`` (default: :data:`DATA_CHAPTERS`) in smoke mode on ``data_dir`` (another parameter: ``params``, e.g.
-    ``image_column``), into ``tmp_path / "outputs"``, and check what every run on a user's data set must do: the demo
-    VAE is trained under the outputs folder (on this data) and ``data_dir`` is left byte-identical. Returns the
-    outputs folder."""
+    """Run the ``chapters`` (default: :data:`DATA_CHAPTERS`) in smoke mode on ``data_dir`` (other parameters:
+    ``params``, e.g. ``image_column``), into ``tmp_path / "outputs"``, and check what every run on a user's data set
+    must do: the demo VAE is trained under the outputs folder (on this data) and ``data_dir`` is left byte-identical.
+    Returns the outputs folder."""
     before = tree_digest(data_dir)
     outputs = tmp_path / "outputs"
     params = {"profile": profile, "smoke": True, "data_dir": str(data_dir), "outputs_dir": str(outputs),
