@@ -1,9 +1,9 @@
 """What a small CPU gains from a second thread, and from larger generation batches: the demo's three workloads.
 
-- the demo UNet's training step (batch 16, ``helpers.train.train_step``) and the demo VAE's (12 crops of 24 px, the
-  recipe of ``helpers.demo_vae``), on 1 and on 2 threads;
+- the demo UNet's training step (batch 16, ``helpers.training.train_step``) and the demo VAE's (12 crops of 24 px, the
+  recipe of ``helpers.demo.vae``), on 1 and on 2 threads;
 - guided generation of 32 images with the demo UNet (one denoising step: 2 x 32 latents) in one call of 32 or in four
-  calls of 8 (``helpers.sampling.DEFAULT_BATCH_SIZE``), on 1 and on 2 threads.
+  calls of 8 (``helpers.generation.DEFAULT_BATCH_SIZE``), on 1 and on 2 threads.
 
 Rounds alternate the sides (threads, batch sizes), so a change of load hits all of them alike; the table gives
 the median and the range. Results go to this script's section of ``benchmarks/RESULTS.md``.
@@ -35,9 +35,9 @@ def workloads() -> dict:
     """name -> (function doing one unit of work, repeats per round)."""
     from diffusers import AutoencoderKL
 
-    from helpers.demo_vae import DEFAULT_BATCH_SIZE, DEFAULT_CROP, DEMO_VAE_CONFIG
+    from helpers.demo.vae import DEFAULT_BATCH_SIZE, DEFAULT_CROP, DEMO_VAE_CONFIG
     from helpers.profiles import resolve_profile
-    from helpers.train import Batch, TrainConfig, build_train_parts, train_step
+    from helpers.training import Batch, TrainConfig, build_train_parts, train_step
 
     P = resolve_profile("demo", False, device="cpu", verbose=False)
     cfg = TrainConfig.for_profile(P, run_name="bench")

@@ -1,6 +1,6 @@
 """Images per second: batched classifier-free guidance vs the course sample code's one-image loop.
 
-- batched: ``helpers.sampling.sample_latents`` - a batch of prompts, the conditional and unconditional halves in ONE
+- batched: ``helpers.generation.sample_latents`` - a batch of prompts, the conditional and unconditional halves in ONE
   UNet call per step (``torch.cat([uncond, cond])``, batch ``2 x batch_size``);
 - one at a time: what the course's sample code does - one prompt after the other, TWO UNet calls per step
   (unconditional, then conditional), batch 1.
@@ -31,7 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from helpers.sampling import _autocast, default_batch_size, initial_noise, sample_latents  # noqa: E402
+from helpers.generation.sampling import _autocast, default_batch_size, initial_noise, sample_latents  # noqa: E402
 from helpers.schedule import default_scheduler_config, sampling_scheduler  # noqa: E402
 from helpers.unet import build_unet  # noqa: E402
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                          "subset measures it in a fraction of the time)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=None,
-                    help="images per batched UNet call, x2 with guidance (default: helpers.sampling."
+                    help="images per batched UNet call, x2 with guidance (default: helpers.generation."
                          "default_batch_size of the device, 128 on a GPU)")
     ap.add_argument("--guidance-scale", type=float, default=7.5)
     ap.add_argument("--rounds", type=int, default=3, help="alternations of the two sides (each all the prompts)")
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     n_single = min(args.single_prompts or args.prompts, args.prompts)
     cross, side = PRESET_SHAPES[preset]
     unet = build_unet(preset, cross_attention_dim=cross, sample_size=side, seed=0).eval()
-    # as helpers.sampling.TextToImage: channels_last on a GPU
+    # as helpers.generation.TextToImage: channels_last on a GPU
     unet.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- UNet preset `{preset}` ({n_params:.1f} M params, latents {tuple(latent_shape)}, cross-attention {cross}), "
         f"DDIM {args.steps} steps, guidance {args.guidance_scale}; per round: {args.prompts} prompts batched, "
         f"{n_single} one at a time",
-        f"- batched: `helpers.sampling.sample_latents`, one UNet call of 2x{batch_size} per step; one at a time: "
+        f"- batched: `helpers.generation.sample_latents`, one UNet call of 2x{batch_size} per step; one at a time: "
         "the course sample code's loop, two UNet calls of batch 1 per step",
         f"- {args.rounds} alternating rounds; max |latent difference| between the two sides: {agree:.2e}",
         *([f"- note: {args.note}"] if args.note else []),

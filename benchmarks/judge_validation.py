@@ -1,8 +1,8 @@
-"""Validate the demo judge (``helpers.judge``) the way a metric must be validated: on submissions whose right score
+"""Validate the demo judge (``helpers.demo.judge``) the way a metric must be validated: on submissions whose right score
 is known.
 
-On the full demo data set (``helpers.demo_data.ensure_demo_dataset``) the judge is built (or loaded from its cache),
-then two sets of real sprites are scored with ``helpers.judge.judge_folder``:
+On the full demo data set (``helpers.demo.dataset.ensure_demo_dataset``) the judge is built (or loaded from its cache),
+then two sets of real sprites are scored with ``helpers.demo.judge.judge_folder``:
 
 - the demo's **test prompts** (``test.json``) with their ``test_reference/`` sprites (unseen actions included);
 - the **held-out monsters**: the training sprites of the monsters the judge never trained on, each under its own
@@ -44,10 +44,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from helpers.data import TestPrompt, load_train_set, read_test_prompts  # noqa: E402
-from helpers.demo_data import ensure_demo_dataset  # noqa: E402
-from helpers.demo_vae import monster_id  # noqa: E402
-from helpers.images import load_image  # noqa: E402
-from helpers.judge import (ADHERENCE_NAMES, JUDGE_FD_NAME, ensure_judge, judge_folder, load_judge,  # noqa: E402
+from helpers.demo.dataset import ensure_demo_dataset  # noqa: E402
+from helpers.data import split_key  # noqa: E402
+from helpers.data.images import load_image  # noqa: E402
+from helpers.demo.judge import (ADHERENCE_NAMES, JUDGE_FD_NAME, ensure_judge, judge_folder, load_judge,  # noqa: E402
                            prompt_labels, train_judge)
 from helpers.paths import data_root, outputs_root  # noqa: E402
 
@@ -55,6 +55,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from results import RESULTS, machine, write_section  # noqa: E402
 
 KEYS = ("colour", "shape", "species")
+
+
+def _monster(key: str) -> str:
+    return split_key(key)[0]
 
 
 def _chance(prompts: list[TestPrompt]) -> dict[str, float]:
@@ -132,7 +136,7 @@ def _fmt(v) -> str:
 def render(args, judge, sets: dict[str, tuple[list[dict], dict]], draws: list[dict], seconds: float) -> str:
     rep = judge.report
     acc_h, acc_t = rep["accuracy_heldout_monsters"], rep["accuracy_test_reference"]
-    lines = ["## Demo judge validation (`helpers.judge`)", "",
+    lines = ["## Demo judge validation (`helpers.demo.judge`)", "",
              f"- command: `{' '.join(shlex.quote(a) for a in ['python', *sys.argv])}`",
              f"- machine: {machine()}", f"- date: {dt.datetime.now():%Y-%m-%d %H:%M}",
              f"- data: {rep['data']} ({rep['n_images']} sprites; judge trained on {rep['n_train_images']}, held out "
@@ -193,7 +197,7 @@ def main() -> None:
     train_paths = sorted(e.path for e in train_set.examples)
     test = [p for p in read_test_prompts(root / "test.json")]
     held = set(judge.report["heldout_monsters"])
-    held_examples = [e for e in train_set.examples if monster_id(e.key) in held]
+    held_examples = [e for e in train_set.examples if _monster(e.key) in held]
     held_prompts = [TestPrompt(e.path.stem, e.captions[0], e.path.name) for e in held_examples]
     with tempfile.TemporaryDirectory(prefix="judge-validation-") as tmp:
         work = Path(tmp)

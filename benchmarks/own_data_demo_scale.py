@@ -1,6 +1,6 @@
 """Wall time of the demo scale on a data folder of ~3,000 images at 64 px: chapters 02 and 04, headless.
 
-Writes a demo-like set of ``n_species x 4 actions x n_frames`` sprites (``helpers.demo_data.make_demo_dataset``)
+Writes a demo-like set of ``n_species x 4 actions x n_frames`` sprites (``helpers.demo.dataset.make_demo_dataset``)
 into a work folder, removes its demo stamp (so it is just a folder of someone's images), then runs
 
     python -m helpers.notebooks --profile demo --data-dir <work>/data --outputs-dir <work>/outputs 02 04
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-record", action="store_true", help="print only, do not write RESULTS.md")
     args = ap.parse_args(argv)
 
-    from helpers.demo_data import STAMP_NAME, make_demo_dataset
+    from helpers.demo.dataset import STAMP_NAME, make_demo_dataset
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="own-data-"))
     data, outputs, executed = work / "data", work / "outputs", work / "executed"

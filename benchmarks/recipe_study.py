@@ -1,5 +1,5 @@
 """Which demo recipe learns the most per CPU-minute? Variants of the demo training recipe at equal compute, scored on
-held-out prompts by the demo judge (helpers.judge: colour / shape / species adherence).
+held-out prompts by the demo judge (helpers.demo.judge: colour / shape / species adherence).
 
 Every variant is a set of ``TrainConfig`` overrides (a config field, not a code fork). The budget is the compute of
 the demo default (``--budget-steps`` optimizer steps of the default recipe, 800). A variant that changes what a step
@@ -81,9 +81,9 @@ def setup():
     the same artefacts (under outputs/) that ``make run`` builds and reuses."""
     import warnings
 
-    from helpers.cache import build_cache, load_cache
+    from helpers.frozen.cache import build_cache, load_cache
     from helpers.frozen import load_frozen_models
-    from helpers.judge import ensure_judge
+    from helpers.demo.judge import ensure_judge
     from helpers.profiles import resolve_profile
 
     P = resolve_profile("demo", False, device="cpu", verbose=False)
@@ -102,7 +102,7 @@ def run_id(name: str, seed: int, steps: int | None) -> str:
 
 
 def config_for(P, name: str, seed: int, out: Path, max_steps: int | None = None):
-    from helpers.train_config import TrainConfig
+    from helpers.training.config import TrainConfig
 
     overrides = dict(VARIANTS[name])
     run = run_id(name, seed, max_steps)
@@ -119,7 +119,7 @@ def calibrate(P, cache, names: list[str], rounds: int = 3, steps: int = 3) -> di
     load hits every variant alike), ``steps`` timed steps each after a warm-up step; the median per variant."""
     import torch
 
-    from helpers.train import build_train_parts, draw_batch, train_step
+    from helpers.training import build_train_parts, draw_batch, train_step
 
     g = torch.Generator().manual_seed(0)
     cfgs = {n: config_for(P, n, 0, Path("/nonexistent")) for n in names}
@@ -156,10 +156,10 @@ def run_one(name: str, seed: int, max_steps: int, out: Path) -> dict:
     """Train one variant for ``max_steps``, generate the test prompts, judge them; returns the record."""
     import torch
 
-    from helpers.judge import judge_folder
-    from helpers.metrics import generate_for_scoring
-    from helpers.sampling import TextToImage
-    from helpers.train import train
+    from helpers.demo.judge import judge_folder
+    from helpers.submission.metrics import generate_for_scoring
+    from helpers.generation import TextToImage
+    from helpers.training import train
 
     torch.set_num_threads(1)
     P, frozen, cache, judge = setup()
@@ -181,9 +181,9 @@ def generation_one(name: str, seed: int, steps: int, out: Path) -> list[dict]:
     import torch
 
     from helpers.checkpoints import require_checkpoint
-    from helpers.judge import judge_folder
-    from helpers.metrics import generate_for_scoring
-    from helpers.sampling import TextToImage
+    from helpers.demo.judge import judge_folder
+    from helpers.submission.metrics import generate_for_scoring
+    from helpers.generation import TextToImage
 
     torch.set_num_threads(1)
     P, frozen, _, judge = setup()

@@ -1,6 +1,6 @@
 """Training samples/s of the reference UNet with each speed lever on and off, the MFU, and the course loop's rate.
 
-One run, side by side (every row a fresh ``helpers.train.train`` call on the same device, UNet, global batch and
+One run, side by side (every row a fresh ``helpers.training.train`` call on the same device, UNet, global batch and
 precision; checkpoints and sample grids off):
 
 - ``all levers``: the latent cache in GPU memory, no host synchronisation per step (``check_every_step=False``),
@@ -14,7 +14,7 @@ precision; checkpoints and sample grids off):
   transformer (the course architectures, random weights, float32 as the sample code) - with the UNet step of
   ``all levers``.
 
-MFU = training FLOPs per sample x samples/s / the GPU's dense bf16 peak. The FLOPs are ``helpers.unet_costs.summary``
+MFU = training FLOPs per sample x samples/s / the GPU's dense bf16 peak. The FLOPs are ``helpers.unet.costs.summary``
 's count of one forward pass at batch 1 (matrix products, convolutions and attention as 2 x multiply-adds;
 normalisations and element-wise work not counted) x 3 (the backward pass costs about twice the forward). The peak is
 the datasheet's (:data:`PEAK_BF16_TFLOPS`, by ``torch.cuda.get_device_name``; ``--peak-tflops`` overrides); an
@@ -46,10 +46,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from helpers import checkpoints, train_parts  # noqa: E402
-from helpers.train import TrainConfig, TrainEvent, build_train_parts, train  # noqa: E402
-from helpers.train_parts import synchronize  # noqa: E402
-from helpers.unet_costs import summary  # noqa: E402
+from helpers import checkpoints  # noqa: E402
+from helpers.training import step as train_parts  # noqa: E402
+from helpers.training import TrainConfig, TrainEvent, build_train_parts, train  # noqa: E402
+from helpers.training.step import synchronize  # noqa: E402
+from helpers.unet.costs import summary  # noqa: E402
 from results import RESULTS, machine, spread, write_section  # noqa: E402
 from train_throughput import EncodeEveryStep, HashTokenizerCLIP, random_cache, random_captions, sd_vae  # noqa: E402
 
@@ -179,7 +180,7 @@ def checkpoint_seconds(base: dict, latent_shape, hidden: int, device: torch.devi
 def grid_seconds(unet, vae, text_encoder, latent_shape, n_prompts: int, steps: int, device: torch.device) -> float:
     """Seconds for one sample grid: ``n_prompts`` prompts, guided DDIM ``steps`` steps, VAE decode."""
     from helpers.frozen import decode_latents
-    from helpers.sampling import sample_latents
+    from helpers.generation import sample_latents
     from helpers.schedule import default_scheduler_config, sampling_scheduler
 
     emb = text_encoder.encode([f"a red monster number {i}" for i in range(n_prompts)] + [""]).cpu()
@@ -209,7 +210,7 @@ def markdown(report: dict, command: str) -> str:
         f"AdamW + EMA + clipping; checkpoints and grids off; {report['timed_steps']} timed steps per row after "
         f"{report['warmup_steps']} untimed",
         f"- FLOPs per training sample: {flops:.1f} GFLOP = 3 x the forward pass at batch 1 "
-        "(helpers.unet_costs.summary: matmuls, convolutions, attention as 2 x MACs)",
+        "(helpers.unet.costs.summary: matmuls, convolutions, attention as 2 x MACs)",
         f"- MFU = FLOPs/sample x samples/s / peak; peak (datasheet, dense bf16): "
         f"{f'{peak:.0f} TFLOP/s' if peak else 'unknown for this device (give --peak-tflops)'}; measured bf16 "
         f"8192^3 matmul: {f'{matmul:.0f} TFLOP/s' if matmul else 'not measured'}",

@@ -1,6 +1,6 @@
 """Training throughput: the workbook's loop on cached latents vs. encoding with the VAE + text encoder every step.
 
-Both sides run the SAME loop (``helpers.train.train``: same UNet preset, batch, optimizer, EMA, device and
+Both sides run the SAME loop (``helpers.training.train``: same UNet preset, batch, optimizer, EMA, device and
 precision); only the data source differs:
 
 - ``cached``: ``LatentCache.batch`` - a latent sampled from the cached mean/std (and flipped view) plus the cached
@@ -53,8 +53,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from helpers import checkpoints  # noqa: E402
-from helpers.cache import LatentCache  # noqa: E402
-from helpers.train import TrainConfig, TrainEvent, train  # noqa: E402
+from helpers.frozen.cache import LatentCache  # noqa: E402
+from helpers.training import TrainConfig, TrainEvent, train  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from results import RESULTS, machine, spread, write_section  # noqa: E402
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- command: `{command}`",
         f"- machine: {machine()}",
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
-        f"- loop: helpers.train.train, UNet preset `{preset}`, {args.resolution} px (latents "
+        f"- loop: helpers.training.train, UNet preset `{preset}`, {args.resolution} px (latents "
         f"{'x'.join(map(str, latent_shape))}), batch {args.batch_size}, device {device}, AdamW + EMA + grad clipping; "
         f"checkpoints and sampling off",
         f"- encoders: {encoders}" if not args.precision else "- data: cached latents",

@@ -21,7 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .paths import REPO_ROOT, outputs_root
+import papermill as pm
+
+from helpers.paths import REPO_ROOT, outputs_root
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
@@ -68,8 +70,6 @@ def execute_notebooks(notebooks: list[Path], out_dir: Path, parameters: dict, *,
 
 
 def _execute(notebooks: list[Path], out_dir: Path, parameters: dict, timeout: int) -> list[dict]:
-    import papermill as pm
-
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for nb in notebooks:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                     help="another notebook parameter (VALUE as JSON, else a string), e.g. -p guidance_scale=3")
     args = ap.parse_args(argv)
-    params = {"profile": args.profile, "smoke": args.smoke, "data_dir": args.data_dir,
+    params = {"profile_name": args.profile, "smoke": args.smoke, "data_dir": args.data_dir,
               "outputs_dir": args.outputs_dir, "run_name": args.run_name, "text_encoder": args.text_encoder,
               "vae": args.vae}
     for item in args.param:

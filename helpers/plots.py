@@ -4,7 +4,6 @@
   grids ``samples/step_<step>.png`` are written with it.
 - :func:`show_images` draws images with wrapped captions in a matplotlib Figure for notebooks.
 - :func:`bar_counts` and :func:`histogram` are the two charts of the data notebook.
-- :class:`LiveLossPlot` is the training callback of chapter 04 (a loss curve redrawn in place, the sample grids).
 
 Every function accepts PIL images, ``uint8`` numpy arrays ``[H,W,3|4]`` / ``[H,W]`` or torch tensors ``[3,H,W]``
 in ``[-1, 1]`` (the workbook's convention). Figures are created headless-safe: they work with the Agg backend and
@@ -14,19 +13,15 @@ expression (or with ``display(fig)``); save with ``fig.savefig(path)``.
 
 from __future__ import annotations
 
-import io
-import os
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-if TYPE_CHECKING:
-    from .train import TrainEvent
-
-WHITE = (255, 255, 255)
+from helpers.data.images import WHITE
 
 
 def evenly_spaced(items: Sequence[Any], k: int = 4) -> list[Any]:
@@ -165,8 +160,6 @@ def make_grid(images: Sequence[Any], ncols: int = 8, labels: Sequence[str] | Non
 
 def new_figure(figsize: tuple[float, float]):
     """A matplotlib Figure that a notebook shows exactly once (as a cell's result or with ``display(fig)``)."""
-    import matplotlib.pyplot as plt
-
     fig = plt.figure(figsize=figsize)
     plt.close(fig)  # shown once: as a cell's result (or display(fig)), never again by the inline backend
     return fig
@@ -262,110 +255,3 @@ def histogram(values: Iterable[float], title: str = "", vline: float | None = No
         ax.set_title(f"{title} (n={vals.size})")
     fig.tight_layout()
     return fig
-
-
-# --------------------------------------------------------------------------------------------------- training
-class LiveLossPlot:
-    """A training callback for notebooks: a loss curve redrawn in place, and each sample grid shown as it comes.
-
-    >>> result = train(config, ..., callback=LiveLossPlot(every=20))
-
-    ``every``: redraw after this many optimizer steps. ``history``: a resumed run first loads the curve of its
-    ``metrics.jsonl`` (so the plot shows the whole run). Outside IPython it draws nothing (the progress bar and
-    metrics.jsonl remain).
-    """
-
-    def __init__(self, every: int = 20, show_samples: bool = True, figsize: tuple[float, float] = (7.0, 3.0),
-                 log_scale: bool = True, sample_width: int | None = None, history: bool = True) -> None:
-        self.every = max(1, int(every))
-        self.history = history
-        self.show_samples = show_samples
-        self.figsize = figsize
-        self.log_scale = log_scale
-        self.sample_width = sample_width
-        self.steps: list[int] = []
-        self.loss: list[float] = []
-        self.lr: list[float] = []
-        self._handle = None
-        self._last_draw = -1
-        self.max_steps = None
-
-    def __call__(self, event: TrainEvent) -> None:
-        self.max_steps = event.max_steps
-        if event.kind == "start" and self.history and event.metrics.get("resumed_from") and not self.steps:
-            self.load_history(event.metrics["run_dir"])
-            if self.steps:
-                self.draw()
-        elif event.kind == "log":
-            self.steps.append(event.step)
-            self.loss.append(event.metrics["loss"])
-            self.lr.append(event.metrics["lr"])
-            if event.step - self._last_draw >= self.every or event.step == event.max_steps:
-                self.draw()
-        elif event.kind == "sample" and self.show_samples and event.image is not None:
-            self._display_image(event.image, f"samples at step {event.step}")
-        elif event.kind == "end" and self.steps:
-            self.draw()
-
-    def load_history(self, run_dir: str | os.PathLike) -> LiveLossPlot:
-        """Start from the curve of ``metrics.jsonl`` (a resumed run shows its whole history)."""
-        from .run_folder import read_metrics  # (plots stays free of torch)
-
-        for rec in read_metrics(run_dir):
-            self.steps.append(rec["step"])
-            self.loss.append(rec["loss"])
-            self.lr.append(rec.get("lr", float("nan")))
-        return self
-
-    def figure(self):
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=self.figsize)
-        ax = fig.add_subplot(1, 1, 1)
-        ax.plot(self.steps, self.loss, lw=1, color="tab:blue", label="loss")
-        if len(self.loss) >= 5:
-            k = max(2, len(self.loss) // 20)
-            smooth = [sum(self.loss[max(0, i - k + 1):i + 1]) / len(self.loss[max(0, i - k + 1):i + 1])
-                      for i in range(len(self.loss))]
-            ax.plot(self.steps, smooth, lw=2, color="tab:orange", label=f"moving mean ({k} logs)")
-        if self.log_scale and self.loss and min(self.loss) > 0:
-            ax.set_yscale("log")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss (min-SNR weighted MSE)")
-        if self.max_steps:
-            ax.set_xlim(0, self.max_steps)
-        ax2 = ax.twinx()
-        ax2.plot(self.steps, self.lr, lw=1, ls="--", color="tab:gray")
-        ax2.set_ylabel("learning rate", color="tab:gray")
-        ax.legend(loc="upper right", fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        return fig
-
-    def draw(self) -> None:
-        self._last_draw = self.steps[-1] if self.steps else 0
-        try:
-            from IPython.display import Image, display
-        except ImportError:
-            return
-        png = _figure_png(self.figure())
-        if self._handle is None:
-            self._handle = display(Image(data=png), display_id=True)
-        else:
-            self._handle.update(Image(data=png))
-
-    def _display_image(self, image, title: str) -> None:
-        try:
-            from IPython.display import Image, Markdown, display
-        except ImportError:
-            return
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        display(Markdown(f"**{title}**"))
-        display(Image(data=buf.getvalue(), width=self.sample_width))
-
-
-def _figure_png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return buf.getvalue()

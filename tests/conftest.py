@@ -256,18 +256,15 @@ def make_frozen(text_dir, vae_dir, resolution: int = 16):
 
 
 def save_checkpoint(run_dir, step, unet, *, prediction_type="epsilon", text_encoder=None):
-    """Write ``run_dir/ckpt/unet_<step>/`` as the training loop does: UNet, schedule, workbook.json."""
-    from helpers.schedule import default_scheduler_config, save_scheduler_config
+    """Write ``run_dir/ckpt/unet_<step>/`` as the training loop does (helpers.checkpoints.save_unet): UNet, schedule,
+    workbook.json and the marker with every file's digest."""
+    from helpers.checkpoints import save_unet
+    from helpers.schedule import default_scheduler_config
 
-    folder = Path(run_dir) / "ckpt" / f"unet_{step}"
-    unet.save_pretrained(folder)
-    save_scheduler_config(default_scheduler_config(prediction_type), folder)
-    meta = {"step": step, "ema": False, "profile": "test", "vae": "tiny-vae", "resolution": 16,
-            "run_name": Path(run_dir).name}
+    meta = {"ema": False, "profile_name": "test", "vae": "tiny-vae", "resolution": 16, "run_name": Path(run_dir).name}
     if text_encoder:
         meta["text_encoder"] = text_encoder
-    (folder / "workbook.json").write_text(json.dumps(meta))
-    return folder
+    return save_unet(run_dir, step, unet, scheduler_config=default_scheduler_config(prediction_type), meta=meta)
 
 
 @pytest.fixture()

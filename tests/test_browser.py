@@ -42,8 +42,8 @@ def _write_notebook(path: Path, clip_dir: Path, vae_dir: Path, ckpt: Path) -> No
         nbformat.v4.new_code_cell(
             "import torch\ntorch.set_num_threads(1)\n"
             "from helpers.frozen import FrozenModels, load_text_encoder, load_vae\n"
-            "from helpers.sampling import TextToImage\n"
-            "from helpers.widgets import guidance_sweep_demo\n"
+            "from helpers.generation import TextToImage\n"
+            "from helpers.generation.widgets import guidance_sweep_demo\n"
             f"frozen = FrozenModels(load_text_encoder({str(clip_dir)!r}), load_vae({str(vae_dir)!r}), profile=None)\n"
             f"tti = TextToImage.from_checkpoint({str(ckpt)!r}, frozen)"),
         nbformat.v4.new_code_cell(

@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file as real_save_file
 
-import helpers.cache as cache_mod
-from helpers.cache import build_cache, load_cache
+import helpers.frozen.cache as cache_mod
+from helpers.frozen.cache import build_cache, load_cache
 from helpers.data import load_train_set
-from helpers.images import load_image, pil_to_tensor
-from helpers.demo_data import ensure_demo_dataset
+from helpers.data.images import load_image, pil_to_tensor
+from helpers.demo.dataset import ensure_demo_dataset
 from helpers.frozen import FrozenModels, encode_images, load_text_encoder, load_vae
 from helpers.profiles import Profile
 
@@ -61,7 +61,7 @@ def test_second_build_reuses_the_cache_without_encoding(setup, monkeypatch):
     def must_not_encode(*args, **kwargs):
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr("helpers.frozen.encode_images", must_not_encode)
+    monkeypatch.setattr("helpers.frozen.cache.encode_images", must_not_encode)
     assert build_cache(train_set, frozen, profile) == folder
 
 
@@ -148,7 +148,7 @@ def test_a_training_split_takes_its_rows_from_the_whole_sets_cache(setup, monkey
     keys = train_set.keys()
     subset = train_set.without_keys(keys[::3])
     with monkeypatch.context() as m:
-        m.setattr("helpers.frozen.encode_images", lambda *a, **k: pytest.fail("the subset should not be encoded"))
+        m.setattr("helpers.frozen.cache.encode_images", lambda *a, **k: pytest.fail("the subset should not be encoded"))
         m.setattr(frozen.text_encoder, "encode", lambda *a, **k: pytest.fail("its captions should not be encoded"))
         cut = load_cache(build_cache(subset, frozen, profile))
     assert cut.path != folder and cut.n_images == len(subset.examples) < len(train_set.examples)
@@ -164,8 +164,73 @@ def test_a_training_split_takes_its_rows_from_the_whole_sets_cache(setup, monkey
     try:
         changed.write_bytes(changed.read_bytes() + b"\0")
         with monkeypatch.context() as m:
-            m.setattr("helpers.frozen.encode_images", lambda *a, **k: pytest.fail("encoded"))
+            m.setattr("helpers.frozen.cache.encode_images", lambda *a, **k: pytest.fail("encoded"))
             with pytest.raises(pytest.fail.Exception, match="encoded"):
                 build_cache(subset, frozen, profile)
     finally:
         shutil.move(changed.with_suffix(".bak"), changed)
+
+
+_BUILD_SCRIPT = """
+import sys, time
+from pathlib import Path
+import helpers.frozen.cache as cache_mod
+from helpers.data import load_train_set
+from helpers.frozen import FrozenModels, load_text_encoder, load_vae
+from helpers.profiles import Profile
+
+data, outputs, text_dir, vae_dir, flags = map(Path, sys.argv[1:6])
+profile = Profile(name="demo", smoke=True, reason="test", data_dir=data, outputs_dir=outputs, resolution=32,
+                  text_encoder=str(text_dir), vae=str(vae_dir), vae_subfolder=None, unet_preset="tiny", device="cpu")
+frozen = FrozenModels(text_encoder=load_text_encoder(str(text_dir)), vae=load_vae(str(vae_dir)), profile=profile)
+real = cache_mod._write_cache
+
+def held(*args, **kwargs):  # the first builder holds the lock until the test says go
+    (flags / "started").touch()
+    deadline = time.time() + 60
+    while not (flags / "go").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    return real(*args, **kwargs)
+
+cache_mod._write_cache = held
+print("FOLDER", cache_mod.build_cache(load_train_set(data, verbose=False), frozen, profile, batch_size=16), flush=True)
+"""
+
+
+def test_two_processes_building_one_cache_build_it_once(setup, tmp_path, tiny_clip_text_dir, tiny_vae_dir):
+    """Chapter 02 in JupyterLab while `make run` runs it: the second builder waits for the first and reuses its
+    complete cache (without the lock both would write the same folder at once)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    profile, frozen, train_set, folder = setup
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    args = [sys.executable, "-c", _BUILD_SCRIPT, str(train_set.root), str(tmp_path / "outputs"),
+            str(tiny_clip_text_dir), str(tiny_vae_dir), str(flags)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 180
+    while not (flags / "started").exists():
+        assert first.poll() is None and time.time() < deadline, first.stdout.read() if first.poll() else "timeout"
+        time.sleep(0.1)
+    second = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    for line in second.stdout:  # the second builder says it waits, then the first may go on
+        seen.append(line)
+        if "Another process is building" in line:
+            break
+    (flags / "go").touch()
+    out_first, _ = first.communicate(timeout=180)
+    out_second = "".join(seen) + second.communicate(timeout=180)[0]
+    assert first.returncode == 0 and second.returncode == 0, out_first + out_second
+    assert "Another process is building" in out_second and "while this one waited" in out_second, out_second
+    assert "Cached" in out_first and "Cached" not in out_second
+    built = [line.split(" ", 1)[1] for line in (out_first + out_second).splitlines() if line.startswith("FOLDER")]
+    assert len(built) == 2 and built[0] == built[1]
+    cache = load_cache(built[0])
+    assert cache.n_images == len(train_set.examples)
+    torch.testing.assert_close(cache.mean.float(), load_cache(folder).mean.float())

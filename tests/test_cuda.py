@@ -17,8 +17,8 @@ import torch
 from test_train import PoisonedCache, config, make_cache
 
 from helpers import checkpoints
-from helpers.run_folder import RunFolderError, read_metrics
-from helpers.train import NonFiniteLossError, TrainEvent, train
+from helpers.training.run_folder import RunFolderError, read_metrics
+from helpers.training import NonFiniteLossError, TrainEvent, train
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pytest -m cuda)")]
@@ -97,8 +97,8 @@ def test_the_gpu_cache_draws_the_same_kind_of_batches(cache):
 
 
 def test_a_training_step_does_not_synchronise_with_the_host(cache):
-    from helpers.train import build_train_parts, draw_batch, train_step
-    from helpers.train_parts import DataOrder
+    from helpers.training import build_train_parts, draw_batch, train_step
+    from helpers.training.step import DataOrder
 
     cfg = cuda_config(Path("unused"), "sync", batch_size=8, grad_accum=2)
     parts = build_train_parts(cfg, cache.latent_shape, cache.hidden_size, "cuda")
@@ -133,7 +133,7 @@ def test_a_nan_stops_the_run_at_the_next_check(tmp_path, cache):
 
 
 def test_a_nan_in_the_gpu_cache_run_stops_too(tmp_path, cache, monkeypatch):
-    from helpers import losses
+    from helpers.training import losses
 
     real, calls = losses.diffusion_loss, []
 
@@ -155,7 +155,7 @@ def test_a_resume_on_the_other_generator_refuses(tmp_path, cache):
 
 
 def test_bf16_sampling_agrees_with_fp32():
-    from helpers.sampling import sample_latents
+    from helpers.generation import sample_latents
     from helpers.schedule import default_scheduler_config, sampling_scheduler
     from helpers.unet import build_unet
 

@@ -10,6 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.data import choose_heldout
+from helpers.demo.vae import heldout_monsters
+
 from helpers.data import (
     DataError,
     TrainSet,
@@ -20,7 +23,7 @@ from helpers.data import (
     read_test_prompts,
     split_key,
 )
-from helpers.images import (
+from helpers.data.images import (
     ImageDataset,
     content_bbox,
     crop_content,
@@ -82,13 +85,12 @@ def test_split_key_splits_at_the_last_underscore():
     assert split_key("0001") == ("0001", "")  # an imagefolder key: its own monster, no action
 
 
-def test_demo_vae_groups_keys_by_the_same_monster_id():
-    from helpers.demo_vae import monster_id, split_holdout
-
+def test_demo_vae_holds_out_whole_monsters_by_the_one_hold_out_rule():
     keys = ["m_2_IDLE", "m_2_WALK", "m_3_IDLE", "m1_WALK"]
-    assert [monster_id(k) for k in keys] == ["m_2", "m_2", "m_3", "m1"]
-    train, held = split_holdout(keys, 0.34, seed=0)
-    assert train | held == {"m_2", "m_3", "m1"} and not train & held
+    held = heldout_monsters(keys, 0.34, seed=0)
+    assert held == set(choose_heldout(["m_2", "m_3", "m1"], 0.34, seed=0)) and len(held) == 1
+    assert held <= {"m_2", "m_3", "m1"}  # monster IDs (split at the last "_"), not keys
+    assert heldout_monsters(["m1_WALK", "m1_IDLE"], 0.5) == set()  # one monster: nothing to hold out
 
 
 # ------------------------------------------------------------------------------------------------ course format

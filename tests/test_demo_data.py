@@ -11,17 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.demo_data import (
-    ACTION_DESCRIPTIONS,
-    ACTIONS,
-    COLOURS,
-    STAMP_NAME,
-    demo_species,
-    demo_test_pairs,
-    ensure_demo_dataset,
-    make_demo_dataset,
-    species_table,
-)
+from helpers.demo.dataset import STAMP_NAME, demo_test_pairs, ensure_demo_dataset, make_demo_dataset
+from helpers.demo.species import ACTION_DESCRIPTIONS, ACTIONS, COLOURS, demo_species, species_table
 
 TRAIN_NAME = re.compile(r"^(?P<key>(?P<monster>[^_]+)_(?P<action>[^_]+))_(?P<frame>\d+)\.png$")
 OUTLINE = (22, 18, 30)
@@ -213,7 +204,7 @@ def test_ensure_regenerates_an_outdated_or_damaged_set_and_keeps_the_vae(tmp_pat
 
 
 def test_ensure_switches_between_smoke_and_full_sets(tmp_path, monkeypatch):
-    monkeypatch.setattr("helpers.demo_data.FULL", {"n_species": 9, "n_frames": 3})  # keep the test fast
+    monkeypatch.setattr("helpers.demo.dataset.FULL", {"n_species": 9, "n_frames": 3})  # keep the test fast
     root = ensure_demo_dataset(tmp_path / "demo", smoke=True)
     ensure_demo_dataset(root, smoke=False)
     assert _json(root / STAMP_NAME)["params"] == {"n_species": 9, "n_frames": 3, "seed": 0, "size": 64}

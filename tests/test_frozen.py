@@ -183,7 +183,7 @@ def test_error_for_unreachable_hub_id(monkeypatch):
     with pytest.raises(ModelLoadError) as info:
         load_text_encoder(model_id)
     msg = str(info.value)
-    assert model_id in msg and "HF cache" in msg and "profile='demo'" in msg
+    assert model_id in msg and "HF cache" in msg and "profile_name='demo'" in msg
     with pytest.raises(ModelLoadError, match="no-such-model-offline.*subfolder 'vae'"):
         load_vae(model_id, subfolder="vae")
 
@@ -200,7 +200,7 @@ def test_text_encoder_from_sd_style_folder(tiny_clip_text_dir, tmp_path):
 def test_load_frozen_models_from_profile(tiny_bert_dir, tiny_vae_dir_with_subfolder, tmp_path):
     profile = SimpleNamespace(name="course", smoke=True, text_encoder=str(tiny_bert_dir),
                               vae=str(tiny_vae_dir_with_subfolder), vae_subfolder="vae", device="cpu",
-                              resolution=32, data_dir=tmp_path, vae_trained_here=False)
+                              resolution=32, data_dir=tmp_path, prepare_vae=lambda: None)
     fm = frozen.load_frozen_models(profile)
     assert isinstance(fm, FrozenModels)
     assert fm.cross_attention_dim == TINY_BERT_HIDDEN

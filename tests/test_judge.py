@@ -1,4 +1,4 @@
-"""The demo judge (helpers.judge): labels from captions, adherence, the cache, and scores that rank a perfect
+"""The demo judge (helpers.demo.judge): labels from captions, adherence, the cache, and scores that rank a perfect
 submission above a shuffled one. A smoke demo set (8 species x 4 actions x 2 frames) and a smoke judge (a few
 steps, one thread)."""
 
@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from helpers.data import TestPrompt, load_train_set, read_test_prompts
-from helpers.demo_data import COLOURS, SHAPES, demo_species, make_demo_dataset
-from helpers.errors import DataError
-from helpers.judge import (ADHERENCE_NAMES, JUDGE_FD_NAME, adherence, ensure_judge, judge_dir, judge_folder,
+from helpers.demo.dataset import make_demo_dataset
+from helpers.demo.species import COLOURS, SHAPES, demo_species
+from helpers.data.errors import DataError
+from helpers.demo.judge import (ADHERENCE_NAMES, JUDGE_FD_NAME, adherence, ensure_judge, judge_dir, judge_folder,
                            load_judge, prompt_labels, train_judge)
 
 

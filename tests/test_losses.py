@@ -1,4 +1,4 @@
-"""helpers.losses and helpers.train.train_step against the maths written out by hand.
+"""helpers.training.losses and helpers.training.train_step against the maths written out by hand.
 
 The min-SNR-gamma weights against their closed form (SNR computed from the betas here), the v target against
 ``sqrt(ab) eps - sqrt(1 - ab) x0``, the loss against a by-hand weighted MSE, and one optimizer step done by hand
@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import losses
+from helpers.training import losses
 from helpers.schedule import default_scheduler_config, training_scheduler
-from helpers.train import Batch, TrainConfig, build_train_parts, train_step
+from helpers.training import Batch, TrainConfig, build_train_parts, train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -175,7 +175,7 @@ def test_one_step_by_hand_equals_train_step():
 
 
 def test_train_step_refuses_a_batch_of_the_wrong_size_and_a_non_finite_loss():
-    from helpers.train import NonFiniteLossError
+    from helpers.training import NonFiniteLossError
 
     config = step_config(ema=False)
     parts = build_train_parts(config, (4, 8, 8), 32, "cpu")

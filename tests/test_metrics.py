@@ -1,4 +1,4 @@
-"""helpers.frechet, helpers.clip_scores, helpers.metrics: Fréchet distance, FID with a pluggable extractor, CLIP-T/CLIP-I
+"""helpers.submission.frechet, helpers.submission.clip_scores, helpers.submission.metrics: Fréchet distance, FID with a pluggable extractor, CLIP-T/CLIP-I
 (tiny real CLIPModel), skips, folder scoring."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from helpers import clip_scores, frechet, metrics, scores
+from helpers.submission import clip_scores, frechet, metrics, scores
 from helpers.data import TestPrompt
-from helpers.hub import hub_problem
-from helpers.scores import MetricResult
+from helpers.frozen.hub import hub_problem
+from helpers.submission.scores import MetricResult
 
 
 def _scipy_fd(mu1, s1, mu2, s2) -> float:
@@ -116,7 +116,7 @@ def test_fid_with_a_pluggable_extractor(tmp_path):
     assert res.settings["resolution"] == 8 and res.settings["n_reference"] == 15 and "antialias" in res.settings
     assert "small N" in res.note and res.higher_is_better is False
     # the same number as computing the features by hand (images read like training: load_image at 8 px)
-    from helpers.images import load_image, pil_to_tensor
+    from helpers.data.images import load_image, pil_to_tensor
 
     feats = [MeanColour()(torch.stack([pil_to_tensor(load_image(p, 8)) for p in ps])) for ps in (gen, ref)]
     assert res.value == pytest.approx(frechet.frechet_distance_features(*feats), rel=1e-6)
@@ -256,7 +256,7 @@ def test_score_folder_computes_what_it_can_and_skips_the_rest(tmp_path, tiny_cli
 
 
 class ColourTTI:
-    """A test double for helpers.sampling.TextToImage: a flat colour from each seed (deterministic)."""
+    """A test double for helpers.generation.TextToImage: a flat colour from each seed (deterministic)."""
 
     def generate(self, prompts, seeds, *, guidance_scale=7.5, steps=50, scheduler="ddim", batch_size=8,
                  progress=True):
@@ -308,22 +308,22 @@ def test_metric_result_table_and_sweep_plot():
 # --------------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_offline_frechet_distance_is_lower_for_a_trained_checkpoint(tmp_path, one_thread):
-    """The demo pipeline end to end: the smoke demo data set, a demo VAE trained briefly by helpers.demo_vae (at
+    """The demo pipeline end to end: the smoke demo data set, a demo VAE trained briefly by helpers.demo.vae (at
     32 px to keep the test short), the real MiniLM text encoder, a held-out split, a latent cache without the
-    held-out keys and the tiny UNet trained through helpers.train. The Fréchet distance in demo-VAE latent space of
+    held-out keys and the tiny UNet trained through helpers.training. The Fréchet distance in demo-VAE latent space of
     the held-out generations (8 per prompt) is lower after training than with the untrained (initial) UNet."""
     import time
 
-    from helpers.cache import build_cache, load_cache
+    from helpers.frozen.cache import build_cache, load_cache
     from helpers.data import load_train_set
-    from helpers.demo_data import ensure_demo_dataset
-    from helpers.demo_vae import train_demo_vae
+    from helpers.demo.dataset import ensure_demo_dataset
+    from helpers.demo.vae import train_demo_vae
     from helpers.frozen import load_frozen_models
     from helpers.profiles import resolve_profile, with_overrides
-    from helpers.sampling import TextToImage
+    from helpers.generation import TextToImage
     from helpers.schedule import default_scheduler_config
-    from helpers.split import holdout_split, split_status
-    from helpers.train import TrainConfig, train
+    from helpers.data.split import holdout_split, split_status
+    from helpers.training import TrainConfig, train
     from helpers.unet import build_unet
 
     t0 = time.perf_counter()

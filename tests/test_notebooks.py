@@ -20,11 +20,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.demo_data import SMOKE, make_demo_dataset
+from helpers.demo.dataset import SMOKE, make_demo_dataset
+from helpers.exercises import ch01, ch02, ch03, ch04, ch05, ch06
 from helpers.notebooks import chapter_notebooks, execute_notebooks
 
 CHAPTERS = ["01_data_inspection", "02_frozen_clip_vae", "03_unet", "04_training", "05_generation",
             "06_submission"]
+
+
+EXERCISE_MODULES = [ch01, ch02, ch03, ch04, ch05, ch06]
 
 
 def test_the_six_chapters_exist_in_order():
@@ -70,7 +74,7 @@ def run_chapters_on(data_dir: str | Path, tmp_path: Path, *, profile: str = "dem
     Returns the outputs folder."""
     before = tree_digest(data_dir)
     outputs = tmp_path / "outputs"
-    params = {"profile": profile, "smoke": True, "data_dir": str(data_dir), "outputs_dir": str(outputs),
+    params = {"profile_name": profile, "smoke": True, "data_dir": str(data_dir), "outputs_dir": str(outputs),
               "run_name": "main", **params}
     notebooks = [nb for nb in chapter_notebooks() if nb.stem in chapters]
     records = execute_notebooks(notebooks, tmp_path / "executed", params, timeout=600)
@@ -155,11 +159,17 @@ def test_all_notebooks_run_in_smoke_mode(tmp_path, monkeypatch):
     """data_dir=None: the generated demo set (made in WORKBOOK_DATA on first use)."""
     monkeypatch.setenv("WORKBOOK_DATA", str(tmp_path / "data"))  # the kernels inherit it
     outputs = tmp_path / "outputs"
-    params = {"profile": "demo", "smoke": True, "data_dir": None, "outputs_dir": str(outputs), "run_name": "main"}
+    params = {"profile_name": "demo", "smoke": True, "data_dir": None, "outputs_dir": str(outputs), "run_name": "main",
+              "solutions": True}  # the exercises run their solutions here; the other tests run the stubs
     records = execute_notebooks(chapter_notebooks(), tmp_path / "executed", params, timeout=600)
     assert [r["notebook"] for r in records] == [c + ".ipynb" for c in CHAPTERS]
     _check_outputs(tmp_path / "data" / "demo-smoke", outputs, size=64)
     assert list((outputs / "vae").glob("demo-smoke-64px-*/training_report.json"))
+    for chapter, module in zip(CHAPTERS, EXERCISE_MODULES):  # solutions=True: every exercise checked correct
+        executed = (tmp_path / "executed" / f"{chapter}.ipynb").read_text()
+        for ex in module.EXERCISES:
+            assert f"✓ {ex.name}: correct" in executed, (chapter, ex.name)
+        assert executed.count("→ the chapter continues with the solution") == len(module.EXERCISES)
 
 
 @pytest.mark.notebook
@@ -194,17 +204,21 @@ def test_all_notebooks_run_in_the_course_profile_with_local_models(tmp_path, tin
     vae/ subfolder, 256 px images -> 32x32x4 latents, 256x256 submission PNGs, CLIP-I/CLIP-T with a real (tiny)
     CLIP model."""
     data, outputs = make_demo_dataset(tmp_path / "hw6", **SMOKE), tmp_path / "outputs"
-    params = {"profile": "course", "smoke": True, "data_dir": str(data), "outputs_dir": str(outputs),
+    params = {"profile_name": "course", "smoke": True, "data_dir": str(data), "outputs_dir": str(outputs),
               "run_name": "main", "text_encoder": str(tiny_clip_dir), "vae": str(tiny_sd_dir),
               "clip_model": str(tiny_clip_dir)}
     records = execute_notebooks(chapter_notebooks(), tmp_path / "executed", params, timeout=600)
     assert [r["notebook"] for r in records] == [c + ".ipynb" for c in CHAPTERS]
     _check_outputs(data, outputs, size=256)
     meta = json.loads(next((outputs / "main-smoke").glob("ckpt/unet_*/workbook.json")).read_text())
-    assert meta["profile"] == "course" and meta["resolution"] == 256
+    assert meta["profile_name"] == "course" and meta["resolution"] == 256
     assert meta["text_encoder"] == str(tiny_clip_dir) and meta["vae_subfolder"] == "vae"
     executed = (tmp_path / "executed" / "06_submission.ipynb").read_text()
     assert "CLIP-I" in executed and "similarity=raw cosine" in executed  # scored, not skipped
+    for chapter, module in zip(CHAPTERS, EXERCISE_MODULES):  # the stubs as given: the chapters go on regardless
+        executed = (tmp_path / "executed" / f"{chapter}.ipynb").read_text()
+        for ex in module.EXERCISES:
+            assert f"· {ex.name}: not attempted" in executed, (chapter, ex.name)
 
 
 def make_datasets_source(root: Path, kind: str) -> Path:

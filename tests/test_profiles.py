@@ -8,14 +8,14 @@ from pathlib import Path
 
 from helpers import profiles
 from helpers.data import DataError
-from helpers.demo_data import SMOKE, make_demo_dataset
+from helpers.demo.dataset import SMOKE, make_demo_dataset
 from helpers.profiles import COURSE_TEXT_ENCODER, COURSE_VAE, resolve_profile, vae_location
 
 
 @pytest.fixture()
 def offline(monkeypatch):
     """The hub is unreachable (as on the test machines): hub ids never load."""
-    monkeypatch.setattr("helpers.hub.hub_problem", lambda model_id, subfolder=None: f"{model_id}: hub unreachable")
+    monkeypatch.setattr("helpers.frozen.hub.hub_problem", lambda model_id, subfolder=None: f"{model_id}: hub unreachable")
     for name in ("WORKBOOK_PROFILE", "WORKBOOK_SMOKE", "WORKBOOK_TEXT_ENCODER", "WORKBOOK_VAE"):
         monkeypatch.delenv(name, raising=False)
 

@@ -10,8 +10,8 @@ import pytest
 from helpers.notebooks import chapter_notebooks
 from helpers.paths import REPO_ROOT
 
-PARAMETERS = ("profile", "smoke", "data_dir", "outputs_dir", "text_encoder", "vae", "resolution", "unet_preset",
-              "crop_to_content", "image_column", "caption_column", "run_name")
+PARAMETERS = ("profile_name", "smoke", "data_dir", "outputs_dir", "text_encoder", "vae", "resolution", "unet_preset",
+              "crop_to_content", "image_column", "caption_column", "run_name", "solutions")
 
 
 def _committed_versions(path):

@@ -1,4 +1,4 @@
-"""helpers.run_folder: one trainer per run folder (a real second process), the resume policy, metrics.jsonl.
+"""helpers.training.run_folder: one trainer per run folder (a real second process), the resume policy, metrics.jsonl.
 
 Under DDP only the main process takes the lock: tests/test_train_ddp.py trains two processes in one run folder
 (were the lock taken by every rank, the second would refuse).
@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from helpers import run_folder
-from helpers.run_folder import RunFolderError, RunLock
-from helpers.train import train
+from helpers import checkpoints
+from helpers.training import run_folder
+from helpers.training.run_folder import RunFolderError, RunLock
+from helpers.training import train
 from test_train import config, make_cache
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +49,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import torch
 torch.set_num_threads(1)
-from helpers.train import train
+from helpers.training import train
 from test_train import config, make_cache
 
 tmp, ready = Path(sys.argv[2]), Path(sys.argv[3])
@@ -97,11 +99,13 @@ def test_a_second_trainer_refuses_while_another_process_trains_and_resumes_once_
 
 # --------------------------------------------------------------------------------------------------- resume policy
 def fake_checkpoint(run: Path, kind: str, step: int) -> Path:
-    """A folder that helpers.checkpoints.list_checkpoints counts as complete (the files are empty)."""
+    """A state written by helpers.checkpoints.save_state (a one-weight model: resume='latest' verifies it), or a
+    UNet folder that list_checkpoints counts as complete (its files are empty)."""
+    if kind == "state":
+        return checkpoints.save_state(run, step, model=torch.nn.Linear(1, 1), rng=None)
     folder = run / "ckpt" / f"{kind}_{step}"
     folder.mkdir(parents=True)
-    names = ["config.json", "diffusion_pytorch_model.safetensors"] if kind == "unet" else ["complete.json"]
-    for name in names:
+    for name in ["config.json", "diffusion_pytorch_model.safetensors"]:
         (folder / name).write_text("{}")
     return folder
 

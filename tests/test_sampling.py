@@ -1,4 +1,4 @@
-"""helpers.sampling: batched CFG, per-image seeds, checkpoints -> images, pipeline export."""
+"""helpers.generation: batched CFG, per-image seeds, checkpoints -> images, pipeline export."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import TINY_BERT_HIDDEN, build_tiny_unet, make_frozen, save_checkp
 
 from helpers.data import DataError
 from helpers.checkpoints import latest_unet, list_checkpoints
-from helpers.sampling import TextToImage, decode_to_pil, export_pipeline, sample_latents
+from helpers.generation import TextToImage, decode_to_pil, export_pipeline, sample_latents
 from helpers.schedule import SAMPLER_NAMES, default_scheduler_config, sampling_scheduler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -177,6 +177,20 @@ def test_not_a_unet_folder_errors_name_the_file_and_the_fix(tmp_path, frozen_cli
     (broken / "config.json").write_text((clip_run / "ckpt" / "unet_5" / "config.json").read_text())
     with pytest.raises(DataError, match="no weights"):
         TextToImage.from_checkpoint(broken, frozen_clip)
+
+
+def test_a_damaged_unet_checkpoint_is_refused_naming_the_file(tmp_path, frozen_clip, tiny_unet):
+    from helpers.checkpoints import CheckpointDamagedError, integrity
+
+    ckpt = save_checkpoint(tmp_path / "run", 1, tiny_unet)
+    TextToImage.from_checkpoint(ckpt, frozen_clip)  # intact: loads
+    weights = ckpt / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64:] = bytes(b ^ 0xFF for b in data[-64:])  # in the tensor bytes: the header still parses
+    weights.write_bytes(bytes(data))
+    integrity.forget()
+    with pytest.raises(CheckpointDamagedError, match="diffusion_pytorch_model.safetensors differs from the sha256"):
+        TextToImage.from_checkpoint(ckpt, frozen_clip)
 
 
 def test_mismatched_unet_and_encoders(tmp_path, frozen_clip):

@@ -19,8 +19,8 @@ from PIL import Image
 datasets = pytest.importorskip("datasets")
 
 from helpers.data import DataError, check_dataset, load_train_set  # noqa: E402
-from helpers.hf_datasets import datasets_kind  # noqa: E402
-from helpers.images import to_rgb  # noqa: E402
+from helpers.data.hf_datasets import datasets_kind  # noqa: E402
+from helpers.data.images import to_rgb  # noqa: E402
 
 
 def _images() -> list[Image.Image]:

@@ -1,4 +1,4 @@
-"""helpers.split: a seeded, deterministic held-out split with test.json-style prompts and reference images."""
+"""helpers.data.split: a seeded, deterministic held-out split with test.json-style prompts and reference images."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from helpers.data import DataError, load_train_set, read_test_prompts
-from helpers.images import load_image
-from helpers.split import choose_heldout_keys, holdout_split, load_split
+from helpers.data.images import load_image
+from helpers.data.split import choose_heldout, holdout_split, load_split
 
 
 def make_course_data(root: Path, n_monsters: int = 10, actions=("walk", "jump"), frames: int = 2,
@@ -122,17 +122,17 @@ def test_references_are_prepared_like_training_images(train_set, tmp_path):
             assert ref.read_bytes() != plain_bytes[ref.name]  # the white border is gone
 
 
-def test_choose_heldout_keys():
+def test_choose_heldout():
     keys = [f"k{i}" for i in range(40)]
-    a = choose_heldout_keys(keys, 0.05, seed=0)
-    assert a == choose_heldout_keys(list(reversed(keys)) + keys, 0.05, seed=0)  # order and duplicates don't matter
+    a = choose_heldout(keys, 0.05, seed=0)
+    assert a == choose_heldout(list(reversed(keys)) + keys, 0.05, seed=0)  # order and duplicates don't matter
     assert len(a) == 2 and a == sorted(a)
-    assert choose_heldout_keys(keys, 0.05, seed=1) != a
-    assert len(choose_heldout_keys(["a", "b"], 0.01)) == 1  # at least one, at most n - 1
+    assert choose_heldout(keys, 0.05, seed=1) != a
+    assert len(choose_heldout(["a", "b"], 0.01)) == 1  # at least one, at most n - 1
     with pytest.raises(DataError):
-        choose_heldout_keys(["only"], 0.5)
+        choose_heldout(["only"], 0.5)
     with pytest.raises(ValueError):
-        choose_heldout_keys(keys, 1.0)
+        choose_heldout(keys, 1.0)
 
 
 def test_load_split_missing_folder_names_it(tmp_path):
@@ -141,7 +141,7 @@ def test_load_split_missing_folder_names_it(tmp_path):
 
 
 def test_split_status_reads_the_runs_cache(train_set, tmp_path):
-    from helpers.split import split_status
+    from helpers.data.split import split_status
 
     split = holdout_split(train_set, out_dir=tmp_path / "h", resolution=8, fraction=0.1)
     run = tmp_path / "run"
@@ -178,7 +178,7 @@ def test_imagefolder_keys_with_folders_give_plain_image_names(tmp_path):
     prompts = read_test_prompts(split.prompts_path)  # validates: plain, unique .png names
     assert len(prompts) == 5 and all("/" not in p.image_name for p in prompts)
     assert {p.key for p in prompts} <= set(train_set.keys()) and any("/" in p.key for p in prompts)
-    from helpers.split import _unique_name
+    from helpers.data.split import _unique_name
 
     used: set[str] = set()
     assert [_unique_name(k, used) for k in ("pics/a", "pics_a", ".hidden", "a b")] == [

@@ -18,7 +18,7 @@ from helpers.submission import (contact_sheet, export_submission, regenerate_one
 
 
 class SeedPainter:
-    """A test double for helpers.sampling.TextToImage: draws a deterministic image from each seed (and the prompt)."""
+    """A test double for helpers.generation.TextToImage: draws a deterministic image from each seed (and the prompt)."""
 
     def __init__(self, size: int = 16):
         self.size = size
@@ -171,7 +171,7 @@ def test_sweep_generates_and_scores_each_value(tmp_path, monkeypatch):
     """metrics.sweep over guidance scales with the test double and a tiny pluggable extractor."""
     from types import SimpleNamespace
 
-    from helpers import frechet, metrics
+    from helpers.submission import frechet, metrics
 
     prompts = read_test_prompts(write_test_json(tmp_path / "test.json", 4))
     refdir = tmp_path / "ref"
@@ -272,7 +272,7 @@ def test_pick_settings_ranks_candidates_by_the_profiles_judge(tmp_path, monkeypa
     the references, by a (lower is better) Fréchet distance; the table marks it and as_dict records every value."""
     from types import SimpleNamespace
 
-    from helpers import frechet, metrics
+    from helpers.submission import frechet, metrics
 
     prompts = read_test_prompts(write_test_json(tmp_path / "test.json", 6))
     refdir = tmp_path / "ref"
@@ -320,8 +320,8 @@ def test_pick_settings_ranks_candidates_by_the_profiles_judge(tmp_path, monkeypa
 
 
 def test_pick_metric_prefers_the_demo_judge_then_fid_then_clip():
-    from helpers import metrics
-    from helpers.scores import MetricResult
+    from helpers.submission import metrics
+    from helpers.submission.scores import MetricResult
 
     def res(*names_values):
         return [MetricResult(n, v, "m", 4) if v is not None else MetricResult.skip(n, "offline")

@@ -1,4 +1,4 @@
-"""helpers.train: accumulation, exact resume, atomic saves, EMA, faults, refusals, the command line.
+"""helpers.training: accumulation, exact resume, atomic saves, EMA, faults, refusals, the command line.
 
 Most tests train the "tiny" UNet preset on a small in-memory LatentCache made from random tensors (8x8x4 latents);
 one builds a real cache from a tiny generated data set with the tiny BERT + VAE of conftest and runs the command
@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import checkpoints
-from helpers.cache import LatentCache
-from helpers.plots import LiveLossPlot
-from helpers.run_folder import read_metrics, sample_grids
-from helpers.train import NonFiniteLossError, RunFolderError, TrainConfig, TrainEvent, train
+from helpers.frozen.cache import LatentCache
+from helpers.training import LiveLossPlot
+from helpers.training.run_folder import read_metrics, sample_grids
+from helpers.training import NonFiniteLossError, RunFolderError, TrainConfig, TrainEvent, train
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny UNet is faster so, and a shared machine does not thrash
@@ -119,17 +119,17 @@ def test_resume_is_bitwise_exact(tmp_path, cache):
 
 def test_an_interrupted_save_is_never_resumed_from(tmp_path, cache, monkeypatch):
     cfg = config(tmp_path, "crash", max_steps=4, save_freq=2)
-    real_save_tree = checkpoints._save_tree
+    real_save_tree = checkpoints.store.save_tree
 
     def failing_save_tree(folder, name, obj):
         if name == "ema" and "state_4" in folder.name:
             raise OSError("No space left on device (simulated, mid-save)")
         return real_save_tree(folder, name, obj)
 
-    monkeypatch.setattr(checkpoints, "_save_tree", failing_save_tree)
+    monkeypatch.setattr(checkpoints.store, "save_tree", failing_save_tree)
     with pytest.raises(OSError, match="simulated"):
         train(cfg, cache=cache)
-    monkeypatch.setattr(checkpoints, "_save_tree", real_save_tree)
+    monkeypatch.setattr(checkpoints.store, "save_tree", real_save_tree)
     run = Path(cfg.run_dir)
     assert checkpoints.latest_state(run) == run / "ckpt" / "state_2"
     assert not (run / "ckpt" / "state_4").exists()
@@ -142,6 +142,28 @@ def test_an_interrupted_save_is_never_resumed_from(tmp_path, cache, monkeypatch)
     assert not leftover.exists()
     assert [s for s, _ in checkpoints.list_checkpoints(run, "state")] == [2, 4]
     assert [s for s, _ in checkpoints.list_checkpoints(run, "unet")] == [2, 4]
+
+
+def test_resume_skips_a_damaged_state_and_only_two_states_are_kept(tmp_path, cache, capsys):
+    """Default keep_states=2 (every UNet kept); bytes flipped in the newest state: 'latest' names the file, resumes
+    from the newest intact state, says how many steps are trained again, and ends where a clean run ends."""
+    kwargs = dict(max_steps=6, save_freq=2)
+    clean = train(config(tmp_path, "clean", **kwargs), cache=cache)
+    run = train(config(tmp_path, "flip", max_steps=6, save_freq=2), cache=cache).run_dir
+    assert [s for s, _ in checkpoints.list_checkpoints(run, "state")] == [4, 6]  # state_2 pruned
+    assert [s for s, _ in checkpoints.list_checkpoints(run, "unet")] == [2, 4, 6]
+    weights = run / "ckpt" / "state_6" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(b ^ 0xFF for b in data[len(data) // 2: len(data) // 2 + 64])
+    weights.write_bytes(bytes(data))
+    checkpoints.integrity.forget()
+    capsys.readouterr()
+    resumed = train(config(tmp_path, "flip", resume="latest", **kwargs), cache=cache)
+    said = capsys.readouterr().out
+    assert "state_6/model.safetensors differs from the sha256 digest" in said and "steps 5..6 (2 steps)" in said
+    assert resumed.start_step == 4 and resumed.step == 6
+    assert (run / "ckpt" / "damaged-state_6").is_dir()
+    assert_same(model_weights(clean.state), model_weights(resumed.state))
 
 
 def test_ema_follows_its_formula(tmp_path, cache):
@@ -265,7 +287,7 @@ def test_v_prediction_and_bf16_autocast_run(tmp_path, cache):
 
 def test_sample_grids_use_the_configs_sampler_and_need_the_frozen_models(tmp_path, tiny_bert_dir, tiny_vae_dir,
                                                                          monkeypatch):
-    import helpers.train as T
+    import helpers.training.loop as T
     from conftest import TINY_BERT_HIDDEN, make_frozen
 
     used = []
@@ -299,9 +321,9 @@ def test_live_loss_plot_handles_events(tmp_path):
 # --------------------------------------------------------------------------------------------------- real cache + CLI
 def build_tiny_cache(root: Path, text_encoder_dir: Path, vae_dir: Path) -> tuple[Path, "object"]:
     """A real cache: 8 generated sprites (2 species x 4 actions) at 32 px, tiny BERT + tiny VAE (16x16 latents)."""
-    from helpers.cache import build_cache
+    from helpers.frozen.cache import build_cache
     from helpers.data import load_train_set
-    from helpers.demo_data import make_demo_dataset
+    from helpers.demo.dataset import make_demo_dataset
     from helpers.frozen import FrozenModels, load_text_encoder, load_vae
     from helpers.profiles import Profile
 
@@ -323,7 +345,7 @@ def test_command_line_with_a_real_cache_and_sample_grids(tmp_path, tiny_bert_dir
                                   cache_dir=str(cache_dir), device="cpu")
     path = cfg.save(tmp_path / "config.json")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "helpers.train", "--config", str(path)], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "helpers.training", "--config", str(path)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = Path(cfg.run_dir)
@@ -335,7 +357,7 @@ def test_command_line_with_a_real_cache_and_sample_grids(tmp_path, tiny_bert_dir
     assert meta["step"] == 3 and meta["ema"] is True and meta["resolution"] == 32
     assert TrainConfig.load(run / "train_config.json") == cfg
     # a second start of the same command refuses instead of mixing runs; --resume latest reports it finished
-    again = subprocess.run([sys.executable, "-m", "helpers.train", "--config", str(path)], cwd=REPO, env=env,
+    again = subprocess.run([sys.executable, "-m", "helpers.training", "--config", str(path)], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "resume='latest'" in again.stderr
 
@@ -345,7 +367,7 @@ def test_default_sample_prompts_come_from_the_captions_without_a_test_json(tmp_p
     from PIL import Image
 
     from helpers.profiles import resolve_profile
-    from helpers.train_config import default_sample_prompts
+    from helpers.training.config import default_sample_prompts
 
     (tmp_path / "imgs").mkdir()
     lines = []
@@ -416,12 +438,12 @@ def test_a_cache_on_the_device_draws_the_same_batches_and_needs_a_latent_cache(t
     on = train(config(tmp_path, "on", max_steps=3, save_freq=3, cache_on_device=True), cache=cache)
     off = train(config(tmp_path, "off", max_steps=3, save_freq=3, cache_on_device=False), cache=cache)
     assert on.losses == off.losses  # on a CPU the cache already is where the step runs
-    with pytest.raises(TypeError, match="cache_on_device=True needs a helpers.cache.LatentCache"):
+    with pytest.raises(TypeError, match="cache_on_device=True needs a helpers.frozen.cache.LatentCache"):
         train(config(tmp_path, "poisoned", max_steps=1, cache_on_device=True), cache=PoisonedCache(cache, 9))
 
 
 def test_a_resume_refuses_a_data_generator_of_another_device(tmp_path, cache):
-    from helpers.train import _restore_data_generator
+    from helpers.training.loop import _restore_data_generator
 
     gen = torch.Generator().manual_seed(0)
     cuda_like_state = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state: seed and offset
@@ -453,8 +475,8 @@ def test_compile_warms_up_without_touching_the_run(tmp_path, cache, monkeypatch)
 def test_auto_levers_per_device_and_sdpa_attention_everywhere():
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from helpers.train import build_train_parts
-    from helpers.train_config import resolve_speed_levers
+    from helpers.training import build_train_parts
+    from helpers.training.config import resolve_speed_levers
     from helpers.unet import build_unet
 
     cpu = resolve_speed_levers(TrainConfig(), "cpu", cache_nbytes=10)
@@ -472,7 +494,7 @@ def test_auto_levers_per_device_and_sdpa_attention_everywhere():
 
 def test_the_loop_uses_the_configs_timestep_sampling_and_loss_weighting(tmp_path, cache, monkeypatch):
     """train() draws its timesteps as config.timestep_sampling says (and weights as loss_weighting says)."""
-    from helpers import losses
+    from helpers.training import losses
 
     seen = []
     real = losses.sample_timesteps

@@ -1,4 +1,4 @@
-"""helpers.train under DDP: ``accelerate launch --multi_gpu --num_processes 2`` on CPU (gloo).
+"""helpers.training under DDP: ``accelerate launch --multi_gpu --num_processes 2`` on CPU (gloo).
 
 Two processes train the tiny UNet on a real (tiny) latent cache, stop, resume and train on; every process writes a
 digest of its final weights. The ranks must agree, the checkpoint must load, and the result must equal a
@@ -23,15 +23,15 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import checkpoints
-from helpers.train import TrainConfig, train
+from helpers.training import TrainConfig, train
 
 REPO = Path(__file__).resolve().parent.parent
 
 WORKER = r'''
 import hashlib, json, os, sys
 import torch
-from helpers.train import TrainConfig
-from helpers.train_cli import run
+from helpers.training import TrainConfig
+from helpers.training.cli import run
 
 config = TrainConfig.load(sys.argv[1])
 out = sys.argv[2]
@@ -57,9 +57,9 @@ def _free_port() -> int:
 
 def _tiny_cache(root: Path, text_encoder_dir: Path, vae_dir: Path):
     """8 generated sprites at 32 px encoded with the tiny BERT + tiny VAE of conftest (16x16x4 latents)."""
-    from helpers.cache import build_cache
+    from helpers.frozen.cache import build_cache
     from helpers.data import load_train_set
-    from helpers.demo_data import make_demo_dataset
+    from helpers.demo.dataset import make_demo_dataset
     from helpers.frozen import FrozenModels, load_text_encoder, load_vae
     from helpers.profiles import Profile
 
@@ -104,7 +104,7 @@ def test_two_process_ddp_agrees_resumes_and_matches_one_process(tmp_path, tiny_b
     # one process, same global batch (2 x 4 accumulation), same two phases: the same weights
     torch.set_num_threads(1)
     single = TrainConfig.from_dict({**cfg.to_dict(), "run_dir": str(tmp_path / "single"), "grad_accum": 4})
-    from helpers.cache import load_cache
+    from helpers.frozen.cache import load_cache
 
     cache = load_cache(cache_dir)
     train(TrainConfig.from_dict({**single.to_dict(), "max_steps": 2}), cache=cache)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import unet as U
-from helpers import unet_costs as C
+from helpers.unet import costs as C
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -149,7 +149,7 @@ def test_build_for_profile_and_plot(tiny_vae_dir, tiny_bert_dir, tmp_path):
     prof = Profile(name="demo", smoke=True, reason="test", data_dir=tmp_path, outputs_dir=tmp_path, resolution=32,
                    text_encoder=str(tiny_bert_dir), vae=str(tiny_vae_dir), vae_subfolder=None, unet_preset="tiny",
                    device="cpu")
-    assert U.latent_geometry(prof) == (4, 16)  # the tiny VAE halves 32 px once
+    assert prof.latent_shape() == (4, 16, 16)  # the tiny VAE halves 32 px once
     unet = U.build_for_profile(prof, device="meta")
     assert unet.config.cross_attention_dim == 48 and unet.config.sample_size == 16
     fig = C.plot_blocks({"tiny": C.summary(unet)}, what="gflops")

@@ -1,4 +1,4 @@
-"""helpers.widgets: callbacks driven from Python (setting .value / clicking) exactly as the browser drives them."""
+"""helpers.generation.widgets: callbacks driven from Python (setting .value / clicking) exactly as the browser drives them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from conftest import build_tiny_unet, make_frozen, save_checkpoint
 from PIL import Image
 
-from helpers.sampling import TextToImage
-from helpers.widgets import (CheckpointPicker, GenerationPanel, ImageCache, PromptSliderDemo, guidance_sweep_demo,
+from helpers.generation import TextToImage
+from helpers.generation.widgets import (CheckpointPicker, GenerationPanel, ImageCache, PromptSliderDemo, guidance_sweep_demo,
                              lerp_embeddings, png_bytes, prompt_blend_demo)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,6 +110,19 @@ def test_picker_lists_exactly_the_runs_checkpoints_and_refresh_finds_new_ones(ru
     assert [label for label, _ in picker.dropdown.options] == \
         ["step 50  (unet_50)", "step 200  (unet_200)", "step 1000  (unet_1000)"]
     assert picker.value == run_dir / "ckpt" / "unet_50"  # the selection stays
+
+
+def test_picker_names_a_damaged_checkpoint_and_never_offers_it(tmp_path, tiny_unet):
+    from helpers.checkpoints import integrity
+
+    for step in (10, 20):
+        save_checkpoint(tmp_path, step, tiny_unet)
+    (tmp_path / "ckpt" / "unet_20" / "config.json").write_text("{}")  # changed after it was written
+    integrity.forget()
+    picker = CheckpointPicker(tmp_path)
+    assert [v for _, v in picker.dropdown.options] == [str(tmp_path / "ckpt" / "unet_10")]
+    assert picker.value == tmp_path / "ckpt" / "unet_10"
+    assert "unet_20: damaged" in picker.damaged.value and "config.json" in picker.damaged.value
 
 
 def test_picker_of_a_run_without_checkpoints(tmp_path, frozen):
