@@ -170,6 +170,8 @@ def test_all_notebooks_run_in_smoke_mode(tmp_path, monkeypatch):
         for ex in module.EXERCISES:
             assert f"✓ {ex.name}: correct" in executed, (chapter, ex.name)
         assert executed.count("→ the chapter continues with the solution") == len(module.EXERCISES)
+    assert "AttentionMaps('" in (tmp_path / "executed" / "05_generation.ipynb").read_text()  # the maps, plotted
+    assert list((outputs / "main-smoke" / "logs").glob("*/events.out.tfevents.*"))  # TensorBoard
 
 
 @pytest.mark.notebook

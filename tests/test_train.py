@@ -297,7 +297,11 @@ def test_sample_grids_use_the_configs_sampler_and_need_the_frozen_models(tmp_pat
     frozen = make_frozen(tiny_bert_dir, tiny_vae_dir)
     kwargs = dict(max_steps=2, eval_freq=2, sample_steps=2, sample_prompts=["a red slime", "a blue bird"],
                   sample_scheduler="dpm++")
-    result = train(config(tmp_path, "grids", **kwargs), cache, frozen)
+    result = train(config(tmp_path, "grids", report_to="tensorboard", **kwargs), cache, frozen)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(result.run_dir / "logs" / "grids"), size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Images("samples")] == [0, 2]  # the grids, also in TensorBoard
     assert used == ["dpm++"] and [s for s, _ in sample_grids(result.run_dir)] == [0, 2] == [
         int(p.stem.split("_")[1]) for p in result.samples]
     without = train(config(tmp_path, "no-grids", **kwargs), cache)  # no frozen models: no grids
@@ -510,3 +514,45 @@ def test_the_loop_uses_the_configs_timestep_sampling_and_loss_weighting(tmp_path
     plain = train(config(tmp_path, "plain", loss_weighting="none", **base), cache=cache)
     assert seen == ["uniform"] * 2 + ["logit_normal"] * 2 + ["uniform"] * 2
     assert uniform.losses != ln.losses and uniform.losses != plain.losses
+
+
+# --------------------------------------------------------------------------------------------------- TensorBoard
+def tensorboard_scalars(run_dir: Path, run_name: str, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir / "logs" / run_name), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_tensorboard_logs_the_curves_under_the_run_folder_and_a_resume_continues_them(tmp_path, cache):
+    def crash_at_3(event: TrainEvent):
+        if event.kind == "log" and event.step == 3:
+            raise RuntimeError("power cut")
+    kwargs = dict(max_steps=5, save_freq=2, report_to="tensorboard")
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(config(tmp_path, "tb", **kwargs), cache=cache, callback=crash_at_3)
+    run = tmp_path / "tb"
+    assert sorted(p.name for p in (run / "ckpt").glob("state_*")) == ["state_2"]
+    first = tensorboard_scalars(run, "tb", "train/loss")
+    assert [s for s, _ in first] == [1, 2, 3]  # step 3 was logged before the crash, after the last state
+    resumed = train(config(tmp_path, "tb", resume="latest", **kwargs), cache=cache)
+    assert len(list((run / "logs" / "tb").glob("events.out.tfevents.*"))) == 2  # one file per session
+    loss = tensorboard_scalars(run, "tb", "train/loss")
+    assert [s for s, _ in loss] == [1, 2, 3, 4, 5]  # the crashed session's step 3 is purged, not doubled
+    metrics = {r["step"]: r for r in read_metrics(run)}
+    for step, value in loss:
+        assert value == pytest.approx(metrics[step]["loss"], rel=1e-6)
+    assert [s for s, _ in tensorboard_scalars(run, "tb", "train/lr")] == [1, 2, 3, 4, 5]
+    assert resumed.finished
+
+
+def test_report_to_is_validated_and_a_missing_tensorboard_fails_at_once(tmp_path, cache, monkeypatch):
+    with pytest.raises(ValueError, match="report_to"):
+        config(tmp_path, "bad", report_to="wandb").validate()
+    from helpers.training import tracking
+    find_spec = tracking.importlib.util.find_spec
+    monkeypatch.setattr(tracking.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else find_spec(name, *a))
+    with pytest.raises(ModuleNotFoundError, match="pip install tensorboard"):
+        train(config(tmp_path, "missing", report_to="tensorboard"), cache=cache)
+    assert not (tmp_path / "missing").exists()  # nothing was written before the refusal

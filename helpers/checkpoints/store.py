@@ -436,7 +436,7 @@ def require_checkpoint(run_dir: str | os.PathLike, checkpoint: str | os.PathLike
         for folder in (Path(checkpoint), Path(run_dir) / checkpoint):
             if folder.is_dir():
                 unet = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
-                if is_complete(unet, "unet"):  # foreign folders: helpers.sampling's checks explain them
+                if is_complete(unet, "unet"):  # foreign folders: helpers.generation.sampling explains them
                     check_unet_checkpoint(unet)
                 return folder
         raise NoCheckpointError(f"No checkpoint folder {checkpoint} (neither as it is nor in {run_dir}): pick one of "

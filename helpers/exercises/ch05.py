@@ -17,7 +17,7 @@ from helpers.generation.sampling import apply_guidance
 from ._common import SHAPES, alphas_cumprod, ddim, latent_cases, per_sample, scheduler_for
 from .core import Case, Exercise, Mistake, Question
 
-__all__ = ["guidance", "x0_from_v", "ddim_step", "guidance_grows", "EXERCISES", "QUESTIONS"]
+__all__ = ["guidance", "x0_from_v", "ddim_step", "guidance_grows", "attention_words", "EXERCISES", "QUESTIONS"]
 
 
 # --------------------------------------------------------------------------------------------------- guidance
@@ -209,5 +209,21 @@ guidance_grows = Question(
     feedback={"A": "The scale changes the prediction itself at every step, not the number of steps.",
               "C": "Variety shrinks: every seed is pushed towards the same 'most prompt-like' image."})
 
+attention_words = Question(
+    "ch05.attention_words",
+    "The heat maps below show where each word of a prompt sends the image's attention, summed over the sampling "
+    "steps. For a model that has learned its captions, where should a colour word such as 'red' look?",
+    ["Evenly over the whole image: attention spreads over every pixel alike",
+     "Mostly on the background, the part of the image the caption does not describe",
+     "Mostly on the creature's body, where that colour is painted",
+     "Only on the first few pixels of the top row: attention follows the order of the words"],
+    answer="C",
+    explanation="cross-attention is how a word reaches a pixel: a pixel whose query matches the word's key takes "
+                "that word's value. Once the model has learned 'red', the pixels that become red are the ones that "
+                "listen to it. A map spread evenly, or on the background, means the model has not learned the word "
+                "yet (or it is a word the captions rarely vary, such as 'a').",
+    feedback={"A": "Even spread is what an untrained model shows: every pixel listens to every word alike.",
+              "D": "Attention has no notion of word order in the image; positions come from the text encoder."})
+
 EXERCISES = [guidance, x0_from_v, ddim_step]
-QUESTIONS = [guidance_grows]
+QUESTIONS = [guidance_grows, attention_words]

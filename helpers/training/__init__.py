@@ -13,8 +13,9 @@ from .config import TrainConfig
 from .live_plot import LiveLossPlot
 from .loop import NonFiniteLossError, TrainEvent, TrainResult, train
 from .run_folder import RunFolderError, read_metrics, sample_grids
+from .tracking import logs_dir
 from .step import Batch, Position, StepStats, TrainParts, build_train_parts, draw_batch, train_step
 
 __all__ = ["TrainConfig", "LiveLossPlot", "NonFiniteLossError", "TrainEvent", "TrainResult", "train",
-           "RunFolderError", "read_metrics", "sample_grids", "Batch", "Position", "StepStats", "TrainParts",
+           "RunFolderError", "read_metrics", "sample_grids", "logs_dir", "Batch", "Position", "StepStats", "TrainParts",
            "build_train_parts", "draw_batch", "train_step"]

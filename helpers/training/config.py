@@ -22,6 +22,7 @@ from helpers.paths import atomic_write, outputs_root
 from helpers.schedule import PREDICTION_TYPES, SAMPLER_NAMES
 
 from .losses import LOSS_WEIGHTINGS, TIMESTEP_SAMPLINGS
+from .tracking import REPORT_TO
 
 __all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "CONFIG_NAME", "CPU_AUTO_MIXED_PRECISION", "resolve_mixed_precision",
            "SpeedLevers", "resolve_speed_levers", "CACHE_ON_DEVICE_SHARE", "default_sample_prompts"]
@@ -32,7 +33,7 @@ CPU_AUTO_MIXED_PRECISION = "no"
 
 #: Config fields that may differ when resuming (they do not change what the weights become).
 RESUME_MAY_CHANGE = frozenset({
-    "run_name", "max_steps", "eval_freq", "save_freq", "keep_states", "keep_unets", "log_every", "resume", "device", "run_dir",
+    "run_name", "max_steps", "eval_freq", "save_freq", "keep_states", "keep_unets", "log_every", "report_to", "resume", "device", "run_dir",
     "data_dir", "cache_dir", "sample_prompts", "sample_seeds", "sample_steps", "sample_guidance", "sample_scheduler",
     "sample_at_start", "cache_on_device", "channels_last", "compile", "check_every_step",
 })
@@ -128,6 +129,7 @@ class TrainConfig:
     sample_guidance: float = 3.0
     sample_scheduler: str = "ddim"  # the sampler of the grids: one of helpers.schedule.SAMPLER_NAMES
     sample_at_start: bool = True  # a grid at step 0 (what noise looks like) in a fresh run
+    report_to: str | None = None  # "tensorboard": also log curves and grids to <run>/logs (helpers.training.tracking)
     # -- speed levers (None: auto, see the class docstring)
     cache_on_device: bool | None = None
     channels_last: bool | None = None
@@ -205,6 +207,8 @@ class TrainConfig:
             problems.append("caption_dropout and flip_p must be in [0, 1]")
         if self.sample_seeds and len(self.sample_seeds) != len(self.sample_prompts):
             problems.append(f"{len(self.sample_prompts)} sample_prompts but {len(self.sample_seeds)} sample_seeds")
+        if self.report_to not in REPORT_TO:
+            problems.append(f"report_to must be None or 'tensorboard', not {self.report_to!r}")
         for name in ("keep_states", "keep_unets"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be None or >= 1")

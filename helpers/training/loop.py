@@ -48,7 +48,7 @@ from helpers.plots import make_grid
 from helpers.profiles import default_device
 from helpers.schedule import sampling_scheduler
 
-from . import run_folder
+from . import run_folder, tracking
 from .config import CONFIG_NAME, SpeedLevers, TrainConfig, resolve_speed_levers
 from .run_folder import RunFolderError
 from .step import (Batch, DataOrder, NonFiniteLossError, Position, StepStats, TrainParts, build_train_parts,
@@ -122,10 +122,11 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _make_accelerator(device: str):
+def _make_accelerator(device: str, config: TrainConfig):
     # Mixed precision, accumulation and the LR schedule are handled here by hand (see train_step); accelerate
-    # provides the process group (DDP over NCCL/gloo), the device of each process and the DDP wrapper.
-    return Accelerator(cpu=(device == "cpu"), mixed_precision="no")
+    # provides the process group (DDP over NCCL/gloo), the device of each process, the DDP wrapper and the tracker.
+    return Accelerator(cpu=(device == "cpu"), mixed_precision="no",
+                       **tracking.accelerator_kwargs(config.report_to, config.run_path))
 
 
 def _continue_from(resume_path: Path, parts: TrainParts, config: TrainConfig, data_gen: torch.Generator,
@@ -370,6 +371,7 @@ class _Session:
     def sample(self, step: int) -> None:
         grid, path = self.grids(step)
         self.samples.append(path)
+        tracking.log_grid(self.accelerator, self.config, grid, step)
         self.emit(TrainEvent("sample", step, self.config.max_steps, image=grid, path=path))
 
     def save(self, at: Position) -> None:
@@ -432,6 +434,7 @@ class _Session:
             record = self.window.record(step, stats.lr, grad_norm, epoch)
             if self.is_main:
                 run_folder.append_metrics(self.run_dir, record)
+            tracking.log_scalars(self.accelerator, config, record, step)
             self.emit(TrainEvent("log", step, config.max_steps, metrics=record))
         if sample_now:
             self.sample(step)
@@ -497,15 +500,19 @@ def train(config: TrainConfig, cache, frozen=None, *,
     callbacks = [] if callback is None else ([callback] if callable(callback) else list(callback))
     if cache.n_images == 0:
         raise ValueError("The latent cache holds no images")
-    accelerator = _make_accelerator(config.device or default_device())
+    accelerator = _make_accelerator(config.device or default_device(), config)
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
     with run_folder.holding(config.run_path, accelerator):
         session = _Session(config, cache, frozen, callbacks, accelerator)
-        session.start()
-        session.loop()
+        tracking.start_tracking(accelerator, config, session.position.step)
+        try:
+            session.start()
+            session.loop()
+        finally:
+            tracking.finish(accelerator)  # flushes and closes the event files, also after an error
     result = session.result()
     session.emit(TrainEvent("end", result.step, config.max_steps, path=result.checkpoint,
                             metrics={"interrupted": result.interrupted, "elapsed": result.elapsed}))
