@@ -5,11 +5,13 @@
 - :mod:`.clip_scores`: CLIP-T and CLIP-I as raw cosines (the course's way);
 - :mod:`.metrics`: a folder scored against its references (:func:`score_folder`), sweeps, and the settings pick
   (:class:`Setting`, :func:`pick_settings`);
+- :mod:`.evidence`: is a difference between two settings evidence? (:func:`paired_bootstrap` over the prompts);
 - :mod:`.export`: the submission itself (:func:`export_submission`, :func:`verify_submission`,
   :func:`zip_submission`, :func:`seed_for`, :func:`read_prompts`).
 """
 
 from .clip_scores import ClipScorer, clip_i, clip_t, load_clip
+from .evidence import Difference, paired_bootstrap
 from .export import (SubmissionReport, contact_sheet, export_submission, generate_folder, read_prompt_file,
                      read_prompts, regenerate_one, seed_for, verify_submission, zip_submission)
 from .frechet import fid, frechet_distance, frechet_distance_features, vae_frechet_distance
@@ -23,4 +25,5 @@ __all__ = ["ClipScorer", "clip_i", "clip_t", "load_clip", "SubmissionReport", "c
            "zip_submission", "fid", "frechet_distance", "frechet_distance_features", "vae_frechet_distance",
            "PICK_METRICS", "Setting", "SettingsPick", "SweepResult", "examples_figure", "generate_for_scoring",
            "generated_files", "generated_pairs", "load_reference_map", "pick_metric", "pick_settings", "plot_sweep",
-           "score_folder", "sweep", "MetricResult", "metrics_table", "print_metrics"]
+           "score_folder", "sweep", "MetricResult", "metrics_table", "print_metrics", "Difference",
+           "paired_bootstrap"]

@@ -29,6 +29,7 @@ from helpers.data import WHITE, DataError, load_image, prompt_list
 from helpers.frozen import load_vae
 from helpers.plots import new_figure, show_images
 
+from .evidence import Difference, paired_bootstrap
 from .clip_scores import ClipScorer, clip_or_skip, clip_scores
 from .export import generate_folder, read_prompts, seed_for
 from .frechet import VAE_FD_NAME, fid, vae_frechet_distance
@@ -341,7 +342,13 @@ def pick_metric(results: Sequence[MetricResult], preferred: str | None = None) -
 @dataclass
 class SettingsPick:
     """The scores of every candidate :class:`Setting` and the best one by ``metric`` (None: every metric was
-    skipped, e.g. offline with no judge; then the first candidate is kept)."""
+    skipped, e.g. offline with no judge; then the incumbent is kept).
+
+    The ``incumbent`` (the profile's default, or the previous search's winner) is replaced only when a candidate is
+    better beyond the noise of the prompts: the paired bootstrap interval of its per-prompt difference
+    (:func:`helpers.submission.evidence.paired_bootstrap`) lies wholly on its better side. A metric with no
+    per-image scores (FID) has no such interval: its best value wins, and the table says so.
+    """
 
     metric: str | None
     settings: list[Setting]
@@ -349,57 +356,100 @@ class SettingsPick:
     folders: list[Path]
     inputs: tuple = ()  # what the images were generated from (prompt names, seed, images per prompt)
     reused: list[bool] = field(default_factory=list)  # candidate i was taken from an earlier pick
+    incumbent: int = 0  # the setting kept unless another is better beyond the noise
+    level: float = 0.95  # the bootstrap interval's level
 
     def value(self, i: int) -> float | None:
         return next((r.value for r in self.results[i] if r.name == self.metric), None)
+
+    def _per_image(self, i: int) -> dict[str, float]:
+        return next((r.per_image for r in self.results[i] if r.name == self.metric and not r.skipped), {})
 
     @property
     def higher_is_better(self) -> bool:
         return next((r.higher_is_better for res in self.results for r in res if r.name == self.metric), True)
 
     @property
-    def best_index(self) -> int:
-        """The best candidate (the first of equals: list the cheaper settings first; the first when nothing was
-        scored)."""
+    def leader_index(self) -> int:
+        """The best value (of equals, the incumbent, else the first; the incumbent when nothing was scored)."""
         scored = [(i, v) for i, v in enumerate(self.value(i) for i in range(len(self.settings))) if v is not None]
         if not scored:
-            return 0
+            return self.incumbent
         sign = 1.0 if self.higher_is_better else -1.0
-        return max(scored, key=lambda iv: (sign * iv[1], -iv[0]))[0]
+        return max(scored, key=lambda iv: (sign * iv[1], iv[0] == self.incumbent, -iv[0]))[0]
+
+    def difference(self, i: int) -> Difference | None:
+        """Candidate ``i`` minus the incumbent, per prompt, with its interval (None: no per-image scores)."""
+        if i == self.incumbent:
+            return None
+        return paired_bootstrap(self._per_image(i), self._per_image(self.incumbent), level=self.level)
+
+    @property
+    def best_index(self) -> int:
+        """The leader when it is the incumbent, when it beats it beyond the noise, or when the metric has no
+        interval (FID); else the incumbent."""
+        lead = self.leader_index
+        if lead == self.incumbent:
+            return lead
+        diff = self.difference(lead)
+        return lead if diff is None or diff.beyond_noise(self.higher_is_better) else self.incumbent
 
     @property
     def best(self) -> Setting:
         return self.settings[self.best_index]
 
     def table(self) -> str:
-        """One row per candidate, one column per computed metric; ``*`` marks the best; a candidate taken from an
-        earlier pick says "(scored before)"."""
+        """One row per candidate, one column per computed metric and the difference to the incumbent with its
+        interval; ``*`` marks the best, ``=`` the incumbent (``*=``: both); a candidate taken from an earlier pick says "(scored
+        before)"; the last line says why the best is best."""
         names = list(dict.fromkeys(r.name for res in self.results for r in res if not r.skipped))
-        rows = [["", "setting", *names]]
+        diffs = [self.difference(i) for i in range(len(self.settings))]
+        delta = f"vs = ({self.level:.0%} interval)"
+        rows = [["", "setting", *names] + ([delta] if any(diffs) else [])]
         for i, (s, res) in enumerate(zip(self.settings, self.results)):
-            values = {r.name: ("skipped" if r.skipped else f"{r.value:.4f}") for r in res}
+            values = {r.name: ("skipped" if r.skipped else f"{r.value:.3f}") for r in res}
             label = s.label + (" (scored before)" if self.reused and self.reused[i] else "")
-            rows.append(["*" if i == self.best_index else "", label, *[values.get(n, "-") for n in names]])
+            mark = ("*" if i == self.best_index else "") + ("=" if i == self.incumbent else "")
+            rows.append([mark, label, *[values.get(n, "-") for n in names]] +
+                        ([str(diffs[i]) if diffs[i] else ""] if any(diffs) else []))
         widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        return "\n".join(lines + [self._verdict()])
+
+    def _verdict(self) -> str:
         if self.metric is None:
             why = "; ".join(dict.fromkeys(r.note for r in self.results[0] if r.skipped))
-            return "\n".join(lines + [f"every metric was skipped ({why}): keeping the first candidate, "
-                                      f"{self.best.label}"])
+            return f"every metric was skipped ({why}): keeping {self.best.label}"
         better = "higher" if self.higher_is_better else "lower"
-        return "\n".join(lines + [f"best (marked *) by {self.metric}, {better} is better: {self.best.label}"])
+        lead, best = self.leader_index, self.best_index
+        if lead == self.incumbent:
+            return f"best by {self.metric} ({better} is better): {self.best.label}, the incumbent (marked *=)"
+        diff = self.difference(lead)
+        if diff is None:
+            return (f"best (marked *) by {self.metric}, {better} is better: {self.best.label} ({self.metric} has no "
+                    "per-image scores, so no interval: the best value wins)")
+        if best == lead:
+            return (f"best (marked *) by {self.metric}: {self.best.label}, better than the incumbent by {diff}, "
+                    f"beyond the noise of {diff.n} prompts")
+        return (f"keeping the incumbent {self.best.label}: {self.settings[lead].label} leads by {diff.mean:+.3f}, "
+                f"but its {self.level:.0%} interval over {diff.n} prompts [{diff.low:+.3f}, {diff.high:+.3f}] "
+                "includes no gain: a difference of one or two images is what drawing other prompts gives")
 
     def as_dict(self) -> dict:
         """What the submission records about how its settings were chosen."""
         return {"metric": self.metric, "higher_is_better": self.higher_is_better, "best": self.best.as_dict(),
-                "candidates": [{**s.as_dict(), "value": self.value(i)} for i, s in enumerate(self.settings)]}
+                "incumbent": self.settings[self.incumbent].as_dict(),
+                "candidates": [{**s.as_dict(), "value": self.value(i),
+                                "vs_incumbent": d.as_dict() if (d := self.difference(i)) else None}
+                               for i, s in enumerate(self.settings)]}
 
 
 def pick_settings(settings: Sequence[Setting], prompts, reference, profile, *, make_tti: Callable[[Path], Any],
                   out_dir: str | Path,
                   metric: str | None = None, judge=None, seed: int = 0, images_per_prompt: int = 1,
                   batch_size: int | None = None, score_kwargs: dict | None = None,
-                  reuse: Sequence[SettingsPick] = (), progress: bool = False) -> SettingsPick:
+                  reuse: Sequence[SettingsPick] = (), incumbent: int = 0,
+                  progress: bool = False) -> SettingsPick:
     """Generate ``prompts`` (a held-out split: their references are known) with every candidate setting, score each
     folder (:func:`score_folder`, plus ``judge.score(folder, prompts, reference)`` when a ``judge`` is given: e.g.
     the demo judge) and rank them by ``metric`` (default :func:`pick_metric` with the judge's ``metric``). Seeds are per prompt key, so every candidate starts from the
@@ -407,6 +457,7 @@ def pick_settings(settings: Sequence[Setting], prompts, reference, profile, *, m
     ``lambda c: TextToImage.from_checkpoint(c, frozen)``), once per checkpoint. Images go to ``out_dir/<n>/``
     (replaced). A candidate already scored by one of the ``reuse`` picks, from the same prompts, seed and images
     per prompt, is taken from it instead of generated again (e.g. the winner of the previous search).
+    ``incumbent``: the index of the setting kept unless another beats it beyond the noise (see :class:`SettingsPick`).
     """
     if not settings:
         raise ValueError("pick_settings needs at least one candidate setting")
@@ -432,4 +483,5 @@ def pick_settings(settings: Sequence[Setting], prompts, reference, profile, *, m
         results.append((judge.score(folder, prompts, reference) if judge is not None else []) + res)
         folders.append(folder)
     return SettingsPick(metric=metric or pick_metric(results[0], getattr(judge, "metric", None)), settings=list(settings), results=results,
-                        folders=folders, inputs=inputs, reused=[s in done for s in settings])
+                        folders=folders, inputs=inputs, reused=[s in done for s in settings],
+                        incumbent=incumbent)
