@@ -68,7 +68,7 @@ def test_shape_check_tiny_and_meta():
     assert check.ok and check.output == (3, 4, 16, 16)
     assert check.inputs["encoder_hidden_states"] == (3, 77, 24)
     assert dict((b, o) for b, _, o in check.blocks)["down_blocks.0"] == (3, 32, 8, 8)
-    assert "predicted noise" in str(check)
+    assert "the prediction, noise ε or v" in str(check)
     ref = U.build_unet("reference", cross_attention_dim=512, sample_size=32, device="meta")
     assert C.shape_check(ref, verbose=False).output == (2, 4, 32, 32)
 

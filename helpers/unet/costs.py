@@ -339,7 +339,7 @@ class ShapeCheck:
         lines += [f"  {k:<24}{list(v)}" for k, v in self.inputs.items()]
         lines.append(f"{'block':<18}{'input':<22}output")
         lines += [f"  {b:<16}{str(list(i)) if i else '-':<22}{list(o) if o else '-'}" for b, i, o in self.blocks]
-        lines.append(f"output (predicted noise): {list(self.output)}")
+        lines.append(f"output (the prediction, noise ε or v): {list(self.output)}")
         return "\n".join(lines)
 
     __repr__ = __str__
