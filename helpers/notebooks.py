@@ -24,6 +24,7 @@ from typing import Iterator
 import papermill as pm
 
 from helpers.paths import REPO_ROOT, outputs_root
+from helpers.progress import HEADLESS_KERNEL_ENV
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
@@ -62,10 +63,12 @@ def execute_notebooks(notebooks: list[Path], out_dir: Path, parameters: dict, *,
     """Execute each notebook with papermill (parameters injected after the ``parameters`` cell).
 
     Stops at the first failure and raises, naming the notebook and its executed copy (which shows the cell).
-    Returns one ``{"notebook", "seconds"}`` record per notebook. Smoke runs (``parameters["smoke"]``) give their
-    kernels :data:`SMOKE_KERNEL_ENV` (one thread).
+    Returns one ``{"notebook", "seconds"}`` record per notebook. The kernels draw text progress bars
+    (:data:`helpers.progress.HEADLESS_KERNEL_ENV`: a saved notebook keeps a widget's first frame only); smoke runs
+    (``parameters["smoke"]``) also get :data:`SMOKE_KERNEL_ENV` (one thread).
     """
-    with _kernel_env(SMOKE_KERNEL_ENV if parameters.get("smoke") else {}):
+    env = {**HEADLESS_KERNEL_ENV, **(SMOKE_KERNEL_ENV if parameters.get("smoke") else {})}
+    with _kernel_env(env):
         return _execute(notebooks, out_dir, parameters, timeout)
 
 

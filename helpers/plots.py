@@ -2,7 +2,8 @@
 
 - :func:`make_grid` pastes images into one PIL image (optionally with a label under each tile); training sample
   grids ``samples/step_<step>.png`` are written with it.
-- :func:`show_images` draws images with wrapped captions in a matplotlib Figure for notebooks.
+- :func:`show_images` draws images with wrapped captions in a matplotlib Figure for notebooks;
+  :func:`show_image_table` draws rows of images with a label per row and per column (e.g. guidance x prompt).
 - :func:`bar_counts` and :func:`histogram` are the two charts of the data notebook.
 
 Every function accepts PIL images, ``uint8`` numpy arrays ``[H,W,3|4]`` / ``[H,W]`` or torch tensors ``[3,H,W]``
@@ -35,6 +36,17 @@ def evenly_spaced(items: Sequence[Any], k: int = 4) -> list[Any]:
     if k == 1:
         return [items[-1]]
     return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
+
+
+def balanced_columns(n: int, max_cols: int = 8) -> int:
+    """How many columns to lay ``n`` panes out in: at most ``max_cols`` and at least about half of it, with the
+    fewest empty panes in the last row (ties: more columns). ``balanced_columns(16, 6) == 4`` (4 x 4, none empty)."""
+    if n < 1 or max_cols < 1:
+        raise ValueError(f"need n >= 1 and max_cols >= 1, not {n}, {max_cols}")
+    if n <= max_cols:
+        return n
+    low = max(1, -(-max_cols // 2))
+    return min(range(max_cols, low - 1, -1), key=lambda c: (-n) % c)
 
 
 def to_pil(image: Any, background: tuple[int, int, int] = WHITE) -> Image.Image:
@@ -115,14 +127,17 @@ def wrap_label(text: str, font, width: int, max_lines: int) -> list[str]:
 
 def make_grid(images: Sequence[Any], ncols: int = 8, labels: Sequence[str] | None = None, pad: int = 2,
               background: tuple[int, int, int] = WHITE, *, max_label_lines: int = 3,
-              font_size: int | None = None, text_color: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+              font_size: int | None = None, text_color: tuple[int, int, int] = (0, 0, 0),
+              min_tile: int = 0) -> Image.Image:
     """Paste ``images`` into one RGB image, ``ncols`` per row, with an optional label under each tile.
 
-    Tiles keep their size (cells are as large as the largest image; smaller ones are centred). Labels use PIL's
+    Tiles keep their size (cells are as large as the largest image; smaller ones are centred), except that tiles
+    smaller than ``min_tile`` pixels are enlarged by a whole factor (nearest neighbour: pixel art stays crisp), so a
+    64 px sprite has room for its label. Labels use PIL's
     default font (``font_size`` defaults to about a twelfth of the tile width, 9-16 px), word-wrapped to the tile
     width and cut after ``max_label_lines`` lines with '...'. Alpha is composited on ``background``.
     """
-    tiles = [to_pil(im, background) for im in images]
+    tiles = [_enlarged(to_pil(im, background), min_tile) for im in images]
     if not tiles:
         raise ValueError("make_grid needs at least one image")
     if labels is not None and len(labels) != len(tiles):
@@ -158,6 +173,12 @@ def make_grid(images: Sequence[Any], ncols: int = 8, labels: Sequence[str] | Non
     return grid
 
 
+def _enlarged(image: Image.Image, min_side: int) -> Image.Image:
+    """``image`` scaled up by the smallest whole factor that makes its longer side at least ``min_side``."""
+    factor = -(-min_side // max(image.size)) if min_side > max(image.size) else 1
+    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
 def new_figure(figsize: tuple[float, float]):
     """A matplotlib Figure that a notebook shows exactly once (as a cell's result or with ``display(fig)``)."""
     fig = plt.figure(figsize=figsize)
@@ -166,11 +187,12 @@ def new_figure(figsize: tuple[float, float]):
 
 
 def show_images(images: Sequence[Any], captions: Sequence[str] | None = None, ncols: int = 8, size: float = 2.0,
-                title: str | None = None, *, caption_chars: int | None = None, fontsize: float = 8.0):
+                title: str | None = None, *, caption_chars: int | None = None, fontsize: float = 8.0,
+                max_lines: int = 6):
     """A matplotlib Figure with ``images`` in a grid, a wrapped caption under each and an optional title.
 
     ``size`` is the side of one image in inches. Pixel art stays crisp (nearest-neighbour display). Captions wrap
-    at ``caption_chars`` characters (default: what fits ``size`` inches) and are cut after 4 lines.
+    at ``caption_chars`` characters (default: what fits ``size`` inches) and are cut after ``max_lines`` lines.
     """
     pil = [to_pil(im) for im in images]
     if not pil:
@@ -183,7 +205,7 @@ def show_images(images: Sequence[Any], captions: Sequence[str] | None = None, nc
     wrapped = None
     caption_lines = 0
     if captions is not None:
-        wrapped = [textwrap.wrap(str(c), chars, max_lines=4, placeholder="...") or [""] for c in captions]
+        wrapped = [textwrap.wrap(str(c), chars, max_lines=max_lines, placeholder="...") or [""] for c in captions]
         caption_lines = max(len(w) for w in wrapped)
     gap, margin = 0.06, 0.05  # inches
     cap_h = (caption_lines * fontsize * 1.3 + 4) / 72 if caption_lines else 0.0  # inches under each image
@@ -202,6 +224,44 @@ def show_images(images: Sequence[Any], captions: Sequence[str] | None = None, nc
         if wrapped is not None:
             ax.text(0.5, -0.01, "\n".join(wrapped[i]), fontsize=fontsize, ha="center", va="top",
                     transform=ax.transAxes)
+    if title:
+        fig.suptitle(title, fontsize=fontsize + 3, y=1 - margin / height, va="top")
+    return fig
+
+
+def show_image_table(rows: Sequence[Sequence[Any]], row_labels: Sequence[str], col_labels: Sequence[str] | None = None,
+                     size: float = 1.6, title: str | None = None, *, fontsize: float = 8.0, label_width: float = 1.1,
+                     max_lines: int = 5):
+    """A matplotlib Figure of images in a table: one row per entry of ``rows`` (all the same length), its label on
+    the left (``row_labels``: e.g. the guidance scale or checkpoint), and a wrapped label above each column
+    (``col_labels``: e.g. the prompts). Every cell holds an image: no empty panes."""
+    rows = [[to_pil(im) for im in row] for row in rows]
+    ncols = len(rows[0]) if rows else 0
+    if not ncols or any(len(r) != ncols for r in rows) or len(row_labels) != len(rows):
+        raise ValueError(f"show_image_table needs rows of equal, non-zero length and one label per row "
+                         f"(got {[len(r) for r in rows]} and {len(row_labels)} labels)")
+    if col_labels is not None and len(col_labels) != ncols:
+        raise ValueError(f"show_image_table got {ncols} columns but {len(col_labels)} column labels")
+    chars = max(8, int(size * 72 / (fontsize * 0.6)))
+    heads = [textwrap.wrap(str(c), chars, max_lines=max_lines, placeholder="...") for c in (col_labels or [])]
+    head_h = (max((len(h) for h in heads), default=0) * fontsize * 1.3 + 6) / 72 if col_labels else 0.0
+    gap, margin = 0.06, 0.05
+    title_h = (fontsize + 3) * 2.2 / 72 if title else 0.0
+    width = 2 * margin + label_width + ncols * size + (ncols - 1) * gap
+    height = 2 * margin + title_h + head_h + len(rows) * (size + gap) - gap
+    fig = new_figure((width, height))
+    for r, row in enumerate(rows):
+        bottom = height - margin - title_h - head_h - r * (size + gap) - size
+        fig.text((margin + label_width - 0.08) / width, (bottom + size / 2) / height, str(row_labels[r]),
+                 ha="right", va="center", fontsize=fontsize + 1)
+        for c, img in enumerate(row):
+            left = margin + label_width + c * (size + gap)
+            ax = fig.add_axes((left / width, bottom / height, size / width, size / height))
+            ax.set_axis_off()
+            ax.imshow(np.asarray(img), interpolation="nearest")
+            if r == 0 and col_labels is not None:
+                ax.text(0.5, 1.02, "\n".join(heads[c]), fontsize=fontsize, ha="center", va="bottom",
+                        transform=ax.transAxes)
     if title:
         fig.suptitle(title, fontsize=fontsize + 3, y=1 - margin / height, va="top")
     return fig

@@ -63,7 +63,7 @@ def default_scheduler_config(prediction_type: str = "epsilon") -> dict:
       sees t=999 - the noise level of the pure Gaussian noise sampling starts from. With ``"leading"`` (SD v1's
       setting) 15 DPM-Solver steps would start at t=925 and 50 DDIM steps at t=981: the UNet is told the input is
       less noisy than it is (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
-      table 2). Training is unaffected (it draws t uniformly from 0..999). ``steps_offset`` only matters for
+      table 2). Training is unaffected (it draws t from all of 0..999). ``steps_offset`` only matters for
       "leading" and is kept for SD compatibility.
     - ``prediction_type``: "epsilon" (the UNet predicts the noise, as SD v1 and the course) or "v_prediction".
     """

@@ -75,6 +75,11 @@ def test_make_caption_joins_and_strips():
     assert make_caption("a red blob", "walking left") == "a red blob walking left"
     assert make_caption("  a red blob ", " walking ") == "a red blob walking"
     assert make_caption("", "walking") == "walking"
+    # a new sentence after an unpunctuated description gets its full stop (issue #19: "...blue book It belongs...")
+    assert make_caption("an emoji of a blue book", "It belongs to the objects category.") == \
+        "an emoji of a blue book. It belongs to the objects category."
+    assert make_caption("A red slime.", "The monster is walking.") == "A red slime. The monster is walking."
+    assert make_caption("A red slime!", "The monster is walking.") == "A red slime! The monster is walking."
     assert make_caption("a red blob", "") == "a red blob"
 
 

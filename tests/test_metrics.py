@@ -290,7 +290,10 @@ def test_generate_for_scoring_extra_images_are_scored_too(tmp_path, tiny_clip_di
     assert by["Fréchet distance (custom features)"].n_images == 9
     assert by[frechet.VAE_FD_NAME].skipped and "cannot load the VAE" in by[frechet.VAE_FD_NAME].note
     fig = metrics.examples_figure(by["CLIP-I"], out, prompts, reference=tmp_path, k=2)
-    assert len(fig.axes) == 2 * 2 * 2  # worst + best rows, each image with its reference
+    # 3 prompts of 3 images: 2 in the worst row, the one left in the best row, each beside its reference
+    assert len(fig.axes) == (2 + 1) * 2
+    shown = [ax.texts[0].get_text().split(" · ")[1] for ax in fig.axes if " · " in ax.texts[0].get_text()]
+    assert len(shown) == 3 and len(set(shown)) == 3  # no prompt twice
     with pytest.raises(ValueError):
         metrics.examples_figure(MetricResult.skip("FID", "offline"), out, prompts)
 
@@ -364,3 +367,32 @@ def test_offline_frechet_distance_is_lower_for_a_trained_checkpoint(tmp_path, on
 
 
 VAE_STEPS, UNET_STEPS = 120, 150  # measured margin: see the report of the metrics helper
+
+
+def test_examples_pick_one_image_per_prompt_and_say_the_verdict(tmp_path):
+    """A prompt never appears in both rows (or twice in one), and a 1/0 score is written as a verdict."""
+    prompts = [TestPrompt(f"m{i}_walk", f"prompt {i}", f"m{i}_walk.png") for i in range(4)]
+    per_image = {}
+    for i, p in enumerate(prompts):
+        for k in range(3):
+            name = p.image_name if k == 0 else f"m{i}_walk__{k}.png"
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / name)
+            per_image[name] = float(k == 0 or i == 3)  # image 0 of every prompt right; all of prompt 3 right
+    result = MetricResult(name="adherence", value=0.5, model="m", n_images=12, per_image=per_image)
+    worst, best = metrics._distinct_prompts(result, {n: prompts[int(n[1])] for n in per_image}, k=2)
+    assert [s for _, s in worst] == [0.0, 0.0] and [s for _, s in best] == [1.0, 1.0]
+    owners = [n.split("_")[0] for n, _ in worst + best]
+    assert len(set(owners)) == 4
+    fig = metrics.examples_figure(result, tmp_path, prompts, k=2)
+    texts = [ax.texts[0].get_text() for ax in fig.axes]
+    assert sum("judged wrong" in t for t in texts) == 2 and sum("judged right" in t for t in texts) == 2
+
+
+def test_scores_are_printed_with_the_digits_their_sample_supports():
+    """32 images: a share moves in steps of 0.03, so two decimals; a full test set's cosine gets three."""
+    assert scores.format_score(0.40625, 32) == "0.41"
+    assert scores.format_score(0.29871, 1063) == "0.299"
+    assert scores.format_score(102.8221, 32) == "102.8"
+    assert scores.format_score(None, 32) == "skipped"
+    table = scores.metrics_table([MetricResult(name="adherence", value=0.40625, model="judge", n_images=32)])
+    assert "0.41" in table and "0.4062" not in table

@@ -12,6 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from helpers import plots
 from helpers.plots import bar_counts, histogram, make_grid, show_images, to_pil, wrap_label, _font
 
 
@@ -113,3 +114,28 @@ def test_evenly_spaced_keeps_first_and_last():
     assert evenly_spaced(range(7), 1) == [6]
     with pytest.raises(ValueError):
         evenly_spaced(range(3), 0)
+
+
+def test_balanced_columns_leave_no_pane_empty_when_the_count_allows():
+    assert plots.balanced_columns(16, 6) == 4  # 4 x 4 rather than 6 + 6 + 4 with two empty panes
+    assert plots.balanced_columns(15, 6) == 5 and plots.balanced_columns(5, 6) == 5
+    assert (-13) % plots.balanced_columns(13, 6) <= 2  # a prime: as few empty panes as half the width allows
+    with pytest.raises(ValueError):
+        plots.balanced_columns(0, 6)
+
+
+def test_small_tiles_are_enlarged_so_a_label_fits():
+    tiles = [np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)]
+    grid = plots.make_grid(tiles, ncols=2, pad=0, min_tile=128)
+    assert grid.width == 2 * 128  # 64 px sprites drawn at 2x (nearest)
+    assert plots.make_grid(tiles, ncols=2, pad=0).width == 2 * 64
+
+
+def test_an_image_table_has_a_label_per_row_and_per_column_and_no_empty_pane():
+    rows = [[np.full((8, 8, 3), 40 * (r + c), np.uint8) for c in range(3)] for r in range(2)]
+    fig = plots.show_image_table(rows, ["guidance 1.0", "guidance 3.0"], ["a red slime", "a blue bat", "x"])
+    assert len(fig.axes) == 6
+    texts = [t.get_text() for t in fig.texts] + [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert {"guidance 1.0", "guidance 3.0", "a red slime", "a blue bat", "x"} <= set(texts)
+    with pytest.raises(ValueError):
+        plots.show_image_table([rows[0], rows[1][:2]], ["a", "b"])

@@ -556,3 +556,23 @@ def test_report_to_is_validated_and_a_missing_tensorboard_fails_at_once(tmp_path
     with pytest.raises(ModuleNotFoundError, match="pip install tensorboard"):
         train(config(tmp_path, "missing", report_to="tensorboard"), cache=cache)
     assert not (tmp_path / "missing").exists()  # nothing was written before the refusal
+
+
+def test_a_budget_is_measured_without_touching_the_run(tmp_path, cache):
+    """measure_budget times real steps of the config on its own parts: epochs and minutes follow from them, a budget
+    in minutes becomes steps, and the run trained afterwards is bit for bit the one trained without measuring."""
+    from helpers.training.budget import Budget, measure_budget
+
+    plain = train(config(tmp_path, "b"), cache)
+    cfg = config(tmp_path, "measured", max_steps=40)
+    budget = measure_budget(cfg, cache, "cpu", n_steps=2)
+    assert budget.steps == 40 and budget.global_batch == 4 and budget.n_images == cache.n_images
+    assert budget.epochs == pytest.approx(40 * 4 / cache.n_images) and budget.seconds_per_step > 0
+    assert "40 steps x 4 images" in str(budget) and "epochs" in str(budget)
+    fixed = Budget(steps=800, global_batch=16, n_images=640, seconds_per_step=0.25, timed_steps=3)
+    assert fixed.minutes == pytest.approx(800 * 0.25 / 60) and fixed.steps_for(minutes=10) == 2400
+    with pytest.raises(ValueError):
+        fixed.steps_for(minutes=0)
+    measured = train(config(tmp_path, "a"), cache)
+    assert not (tmp_path / "measured").exists()  # measuring writes nothing
+    assert_same(unet_weights(measured.checkpoint), unet_weights(plain.checkpoint))

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from tqdm.auto import tqdm
+from helpers.progress import tqdm
 
 from helpers.paths import atomic_folder
 

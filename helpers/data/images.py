@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from helpers.progress import tqdm
 
 from .errors import DataError
 from .records import Example, TrainSet

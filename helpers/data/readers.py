@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
+from helpers.progress import tqdm
 
 from .errors import DataError
 from .hf_datasets import datasets_kind, materialise

@@ -146,8 +146,16 @@ class TestPrompt:
 
 # --------------------------------------------------------------------------------------------------- captions
 def make_caption(given: str, action: str) -> str:
-    """The one place that joins a given description and an action description: ``"{given} {action}"``, stripped."""
-    return f"{str(given).strip()} {str(action).strip()}".strip()
+    """The one place that joins a given description and an action description: ``"{given} {action}"``, stripped.
+
+    When the given description ends without punctuation and the action description starts a new sentence (a capital
+    letter), a full stop goes between them: "an emoji of a blue book" + "It belongs to..." reads "an emoji of a blue
+    book. It belongs to...", not "...blue book It belongs...".
+    """
+    given, action = str(given).strip(), str(action).strip()
+    if given and action[:1].isupper() and given[-1].isalnum():
+        given += "."
+    return f"{given} {action}".strip()
 
 
 def split_key(key: str) -> tuple[str, str]:

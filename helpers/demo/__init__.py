@@ -12,14 +12,14 @@ Only :mod:`helpers.profiles` (which decides course vs demo) and the chapters imp
 never do.
 """
 
-from .colour_check import colour_prompts, dominant_colour, named_colour
+from .colour_check import colour_prompts, named_colour
 from .dataset import demo_test_pairs, ensure_demo_dataset, make_demo_dataset
 from .judge import DemoJudge, ensure_judge, judge_folder, load_judge, prompt_labels, train_judge
 from .species import ACTIONS, COLOURS, SHAPES, Species, demo_species, species_table
 from .sprites import render_sprite
 from .vae import DEMO_VAE_CONFIG, demo_vae_dir, ensure_demo_vae, read_report, train_demo_vae
 
-__all__ = ["colour_prompts", "dominant_colour", "named_colour", "demo_test_pairs", "ensure_demo_dataset",
+__all__ = ["colour_prompts", "named_colour", "demo_test_pairs", "ensure_demo_dataset",
            "make_demo_dataset", "DemoJudge", "ensure_judge", "judge_folder", "load_judge", "prompt_labels",
            "train_judge", "ACTIONS", "COLOURS", "SHAPES", "Species", "demo_species", "species_table",
            "render_sprite", "DEMO_VAE_CONFIG", "demo_vae_dir", "ensure_demo_vae", "read_report", "train_demo_vae"]

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
+from helpers.progress import tqdm
 
 from helpers.data import (WHITE, DataError, TrainSet, choose_heldout, data_hash, load_images, load_train_set,
                           read_test_prompts, split_key)
@@ -403,7 +403,7 @@ def _fit(net: JudgeNet, images: torch.Tensor, ci: torch.Tensor, si: torch.Tensor
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5
                                               * (1 + np.cos(np.pi * min(1.0, s / steps))))
     net.train()
-    for _ in tqdm(range(steps), desc="training the demo judge", disable=not progress, mininterval=1.0):
+    for _ in tqdm(range(steps), desc="training the demo judge", disable=not progress):
         idx = torch.randint(len(images), (r["batch_size"],), generator=gen)
         x, c = _recolour(images[idx].float() / 127.5 - 1.0, ci[idx], gen, r["recolour"])
         x = _augment(x, gen, r)

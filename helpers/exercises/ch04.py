@@ -275,8 +275,8 @@ noise_at_999 = Question(
      "The sprite at half contrast plus half noise"],
     answer="B",
     explanation="alpha_bar_999 is about 0.0047 in the workbook's schedule, so x_t = 0.07 x0 + 0.998 eps: the "
-                "signal is ~7 % of the noise's scale. Sampling starts from pure noise, which is what the UNet has "
-                "seen at t = 999.",
+                "signal is ~7 % of the noise's scale. (Decoded, the VAE still finds an outline in those 7 %: the "
+                "schedule never quite reaches pure noise.) Sampling starts from pure noise at t = 999.",
     feedback={"D": "Half and half is the middle of the schedule, around t = 500 or so.",
               "C": "Noise is not zero: x_t keeps unit variance at every t."})
 

@@ -29,7 +29,7 @@ import torch
 from filelock import FileLock, Timeout
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from helpers.progress import tqdm
 
 from helpers.data import Example, ImageDataset, TrainSet
 from helpers.paths import atomic_folder

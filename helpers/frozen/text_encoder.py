@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from helpers.progress import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, CLIPTokenizer
 
 from .loading import ModelLoadError, check_local, hub_error, quiet_loading
@@ -76,20 +76,23 @@ class TextEncoder:
                 batch = prompts[start:start + batch_size]
                 tok = self.tokenizer(batch, padding="max_length", max_length=self.max_length, truncation=True,
                                      return_tensors="pt")
-                input_ids = tok["input_ids"].to(self.device)
-                if self.kind == "clip":
-                    out = self.model(input_ids=input_ids)
-                else:
-                    kwargs = {"input_ids": input_ids, "attention_mask": tok["attention_mask"].to(self.device)}
-                    if "token_type_ids" in tok:
-                        kwargs["token_type_ids"] = tok["token_type_ids"].to(self.device)
-                    out = self.model(**kwargs)
-                outs.append(out.last_hidden_state.float())
+                outs.append(self.hidden_states(tok))
         if not outs:
             emb = torch.zeros(0, self.max_length, self.hidden_size, device=self.device)
         else:
             emb = torch.cat(outs)
         return emb.clone(), truncated  # clone: a normal tensor, not an inference-mode one
+
+    def hidden_states(self, tok) -> torch.Tensor:
+        """The last hidden states ``[B, L, D]`` float32 of tokenizer output ``tok`` (CLIP: causal, no mask, as Stable
+        Diffusion; BERT-like: with the attention mask). Call it under ``torch.inference_mode()``."""
+        input_ids = tok["input_ids"].to(self.device)
+        if self.kind == "clip":
+            return self.model(input_ids=input_ids).last_hidden_state.float()
+        kwargs = {"input_ids": input_ids, "attention_mask": tok["attention_mask"].to(self.device)}
+        if "token_type_ids" in tok:
+            kwargs["token_type_ids"] = tok["token_type_ids"].to(self.device)
+        return self.model(**kwargs).last_hidden_state.float()
 
     def encode(self, prompts: Sequence[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
         """Encode ``prompts`` to ``[N, 77, D]`` float32 (on the encoder's device).

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from helpers.plots import new_figure
+from helpers.plots import balanced_columns, new_figure
 
 from .sampling import decode_to_pil
 from .text_to_image import TextToImage
@@ -273,7 +273,7 @@ def plot_attention_maps(result: AttentionMaps, ncols: int = 6, words: bool = Tru
     labels, maps = result.words() if words else (list(result.tokens), result.maps)
     image = np.asarray(result.image)
     n = 1 + len(labels)
-    ncols = max(1, min(ncols, n))
+    ncols = balanced_columns(n, ncols)  # as few empty panes as the count allows
     nrows = -(-n // ncols)
     fig = new_figure((ncols * size, nrows * (size + 0.35)))
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from helpers.progress import tqdm
 
 from helpers.frozen import decode_latents
 from helpers.schedule import SAMPLER_NAMES

@@ -276,18 +276,18 @@ def zip_submission(out_dir: str | Path, zip_path: str | Path | None = None) -> P
     return atomic_write(zip_path, buf.getvalue())
 
 
-def contact_sheet(out_dir: str | Path, prompts, n: int = 16, ncols: int = 8, *, label_chars: int = 60,
-                  start: int = 0) -> Image.Image:
-    """A labelled grid (:func:`helpers.plots.make_grid`) of ``n`` submission images with their prompts."""
+def contact_sheet(out_dir: str | Path, prompts, n: int = 16, ncols: int = 8, *, start: int = 0,
+                  min_tile: int = 128) -> Image.Image:
+    """A labelled grid (:func:`helpers.plots.make_grid`) of ``n`` submission images with their full prompts; tiles
+    smaller than ``min_tile`` pixels are enlarged (nearest neighbour) so a prompt has room to wrap."""
     plist = read_prompts(prompts)[start:start + n]
     out_dir = Path(out_dir)
-    images, labels = [], []
+    images = []
     for p in plist:
         with Image.open(out_dir / p.image_name) as img:
             images.append(img.convert("RGB"))
-        text = p.text_prompt if len(p.text_prompt) <= label_chars else p.text_prompt[:label_chars - 3] + "..."
-        labels.append(text)
-    return make_grid(images, ncols=ncols, labels=labels)
+    return make_grid(images, ncols=ncols, labels=[p.text_prompt for p in plist], min_tile=min_tile,
+                     max_label_lines=8)
 
 
 def regenerate_one(tti, prompt, *, seed: int = 0, **kwargs) -> Image.Image:

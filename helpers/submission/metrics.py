@@ -33,7 +33,7 @@ from .evidence import Difference, paired_bootstrap
 from .clip_scores import ClipScorer, clip_or_skip, clip_scores
 from .export import generate_folder, read_prompts, seed_for
 from .frechet import VAE_FD_NAME, fid, vae_frechet_distance
-from .scores import MetricResult, metrics_table, print_metrics
+from .scores import MetricResult, format_score, metrics_table, print_metrics
 
 __all__ = ["score_folder", "generate_for_scoring", "generated_files", "examples_figure", "sweep", "SweepResult",
            "plot_sweep", "load_reference_map", "generated_pairs", "Setting", "SettingsPick", "pick_settings",
@@ -177,29 +177,46 @@ def score_folder(generated_dir: str | Path, prompts, reference, profile, *, clip
 
 def examples_figure(result: MetricResult, generated_dir: str | Path, prompts, reference=None, k: int = 4,
                     background: tuple[int, int, int] = WHITE):
-    """The ``k`` worst (top row) and ``k`` best (bottom row) generated images by ``result.per_image``, each with its
-    score and prompt, and — when ``reference`` (a reference map) is given — its first reference image beside it."""
+    """The ``k`` worst (top row) and ``k`` best (bottom row) generated images by ``result.per_image``, each of another
+    prompt (no prompt appears twice), with its score and full prompt, and — when ``reference`` (a reference map) is
+    given — its first reference image beside it. A 1/0 score is written as the judge's verdict."""
     if result.skipped or not result.per_image:
         raise ValueError(f"{result.name} has no per-image scores ({result.note or 'nothing computed'})")
     plist = prompt_list(prompts)
     gen_dir = Path(generated_dir)
     owner = {f.name: p for p in plist for f in generated_files(gen_dir, p)}
     refs = load_reference_map(reference, plist) if reference is not None else None
-    worst, best = result.worst_best(k)
+    worst, best = _distinct_prompts(result, owner, k)
+    binary = set(result.per_image.values()) <= {0.0, 1.0}
     images, captions = [], []
     for label, rows in (("worst", worst), ("best", best)):
         for name, score in rows:
             p = owner.get(name)
+            verdict = ("judged right" if score else "judged wrong") if binary else f"{score:.3f}"
             images.append(gen_dir / name)
-            captions.append(f"{label} {result.name} {score:.3f}: {p.text_prompt if p else name}")
+            captions.append(f"{label}: {verdict} · {p.text_prompt if p else name}")
             if refs is not None:
                 ref = refs.get(p.image_name, [None])[0] if p else None
                 images.append(ref if ref is not None else gen_dir / name)
-                captions.append("reference" if ref is not None else "(no reference)")
+                captions.append("its real image" if ref is not None else "(no reference)")
     pil = [load_image(path, None, background=background) for path in images]
-    ncols = len(worst) * (2 if refs is not None else 1)
-    return show_images(pil, captions, ncols=max(1, ncols), size=1.6,
-                       title=f"{result.name}: worst (top) and best (bottom) images")
+    per_row = max(len(worst), len(best)) * (2 if refs is not None else 1)
+    return show_images(pil, captions, ncols=max(1, per_row), size=1.6,
+                       title=f"{result.name}: worst (top row) and best (bottom row), one image per prompt")
+
+
+def _distinct_prompts(result: MetricResult, owner: dict, k: int) -> tuple[list, list]:
+    """Up to ``k`` worst and ``k`` best (image name, score) of ``result``, each of a prompt not shown yet."""
+    ranked = sorted(result.per_image.items(), key=lambda kv: kv[1], reverse=not result.higher_is_better)
+    seen: set = set()
+    rows: list[list] = [[], []]
+    for row, items in ((0, ranked), (1, ranked[::-1])):
+        for name, score in items:
+            key = owner[name].image_name if name in owner else name
+            if key not in seen and len(rows[row]) < k:
+                seen.add(key)
+                rows[row].append((name, score))
+    return rows[0], rows[1]
 
 
 # --------------------------------------------------------------------------------------------------- sweeps
@@ -218,7 +235,7 @@ class SweepResult:
         header = [self.param] + names
         rows = [header]
         for v, res in zip(self.values, self.results):
-            rows.append([_label(v)] + ["skipped" if r.value is None else f"{r.value:.4f}" for r in res])
+            rows.append([_label(v)] + [format_score(r.value, r.n_images) for r in res])
         widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
         return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
@@ -407,7 +424,7 @@ class SettingsPick:
         delta = f"vs = ({self.level:.0%} interval)"
         rows = [["", "setting", *names] + ([delta] if any(diffs) else [])]
         for i, (s, res) in enumerate(zip(self.settings, self.results)):
-            values = {r.name: ("skipped" if r.skipped else f"{r.value:.3f}") for r in res}
+            values = {r.name: format_score(r.value, r.n_images) for r in res}
             label = s.label + (" (scored before)" if self.reused and self.reused[i] else "")
             mark = ("*" if i == self.best_index else "") + ("=" if i == self.incumbent else "")
             rows.append([mark, label, *[values.get(n, "-") for n in names]] +

@@ -169,7 +169,7 @@ class TrainConfig:
             # lr 2e-3 (73-86 %) and logit-normal timesteps (80 %, the lowest judge Frechet distance); together 83-84 %.
             # Round 2 (lr 4e-3, EMA, caption dropout, batch 32, UNet width/depth) found nothing better at this
             # budget. Sample grids at guidance 3: 86-88 % (guidance 4: 83-84 %, 2: 84-86 %, 6: 73-78 %).
-            base.update(batch_size=16, grad_accum=1, max_steps=800, lr=2e-3, warmup_steps=40, eval_freq=400,
+            base.update(batch_size=16, grad_accum=1, max_steps=800, lr=2e-3, warmup_steps=40, eval_freq=200,
                         save_freq=200, log_every=10, ema_decay=0.999, prediction_type="v_prediction",
                         timestep_sampling="logit_normal", sample_steps=25, sample_guidance=3.0, n_prompts=8)
         n_prompts = base.pop("n_prompts")

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch import Tensor
-from tqdm.auto import tqdm
+from helpers.progress import tqdm
 
 from helpers import checkpoints
 from helpers.generation import decode_to_pil, sample_latents
@@ -218,7 +218,7 @@ class _SampleGrids:
             unet.train()
         images = decode_to_pil(self.vae, latents)
         grid = make_grid(images, ncols=min(len(images), 4 if len(images) <= 8 else 8),
-                         labels=list(config.sample_prompts))
+                         labels=list(config.sample_prompts), min_tile=128, max_label_lines=8)
         buf = io.BytesIO()
         grid.save(buf, format="PNG")
         return grid, atomic_write(config.run_path / "samples" / f"step_{step}.png", buf.getvalue())
