@@ -122,6 +122,25 @@ def read_runs(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def validation_table(out: Path, judges: list[str]) -> str:
+    """The retrieval judges' own validation on images they never trained on (one row per data set)."""
+    lines = ["| judge | pairs | top-1 (chance) | top-1 95 % lower bound | top-5 (chance) | shuffled top-1 | "
+             "cosine matched / mismatched | noise / white / heavy blur top-1 | usable |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in judges:
+        path = out / "outputs" / "judge" / name / "judge.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        v, ni = r["validation"], r["validation"]["non_images"]
+        lines.append(f"| {name} ({r['n_train_images']} training images, {r['seconds_train']} s) | {v['n_pairs']} | "
+                     f"{v['top1']:.2f} ({v['chance_top1']:.2f}) | {v['top1_low']:.2f} | {v['top5']:.2f} "
+                     f"({v['chance_top5']:.2f}) | {v['shuffled_top1']:.2f} | {v['cosine_matched']:.2f} / "
+                     f"{v['cosine_mismatched']:.2f} | {ni['noise']['top1']:.2f} / {ni['white']['top1']:.2f} / "
+                     f"{ni['blur']['top1']:.2f} | {v['usable']} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(records: list[dict]) -> str:
     """One table per data set: variant, steps, epochs, seeds, one-thread training minutes, top-1 / top-5 (median,
     min–max over seeds) with chance."""
@@ -156,7 +175,10 @@ def report(out: Path, command: str) -> None:
                       f"- command: `{command}`",
                       f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
                       f"torch {torch.__version__}, one thread per run, two runs at a time",
-                      f"- date: {time.strftime('%Y-%m-%d %H:%M')}", "", markdown(read_runs(out)), end])
+                      f"- date: {time.strftime('%Y-%m-%d %H:%M')}", "",
+                      "**The judges' own validation** (held-out images of groups they never trained on):", "",
+                      validation_table(out, sorted({r["judge"] for r in read_runs(out)})), markdown(read_runs(out)),
+                      end])
     path = REPO / "benchmarks" / "RESULTS.md"
     text = path.read_text(encoding="utf-8")
     if begin in text:

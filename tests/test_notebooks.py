@@ -185,6 +185,12 @@ def test_the_chapters_run_on_a_course_format_set_of_ones_own(tmp_path):
     executed = (tmp_path / "executed" / "01_data_inspection.ipynb").read_text()
     assert "using the demo stack on" in executed and "4 monsters, 2 actions" in executed  # IDs with "_"
     assert "palette image (P)" in executed and "grey + alpha image (LA)" in executed
+    # not the generated demo set: the retrieval judge checks chapter 04's model and judges chapter 06's candidates
+    ch04 = (tmp_path / "executed" / "04_training.ipynb").read_text()
+    assert "retrieval judge my_sprites-retrieval-" in ch04
+    assert "Held-out prompts: the judge ranks" in ch04 or "Prompt following not measured" in ch04
+    ch06 = (tmp_path / "executed" / "06_submission.ipynb").read_text()
+    assert "judge: my_sprites-retrieval-" in ch06 and "it may rank settings" in ch06
 
 
 @pytest.mark.notebook

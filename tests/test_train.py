@@ -576,3 +576,23 @@ def test_a_budget_is_measured_without_touching_the_run(tmp_path, cache):
     measured = train(config(tmp_path, "a"), cache)
     assert not (tmp_path / "measured").exists()  # measuring writes nothing
     assert_same(unet_weights(measured.checkpoint), unet_weights(plain.checkpoint))
+
+
+def test_the_demo_budget_grows_with_the_data_and_never_below_800_steps():
+    """DEMO_EPOCHS passes over the cached images (the outside-set study), 800 steps at least (the demo set), sample
+    grids and checkpoints four times a run; an explicit max_steps and the smoke profile win."""
+    from types import SimpleNamespace
+
+    from helpers.training.config import DEMO_EPOCHS
+
+    demo = SimpleNamespace(name="demo", smoke=False, data_dir=Path("data/demo"), resolution=64, text_encoder="t",
+                           vae="v", vae_subfolder=None, unet_preset="demo", device="cpu", crop_to_content=False,
+                           image_column="image", caption_column="text", run_dir=lambda name: Path("/tmp") / name)
+    kw = dict(sample_prompts=["a red slime"])
+    assert TrainConfig.for_profile(demo, **kw).max_steps == 800
+    assert TrainConfig.for_profile(demo, n_images=608, **kw).max_steps == 800
+    big = TrainConfig.for_profile(demo, n_images=2818, **kw)
+    assert big.max_steps == math.ceil(DEMO_EPOCHS * 2818 / 16) and big.eval_freq == big.save_freq == big.max_steps // 4
+    assert TrainConfig.for_profile(demo, n_images=2818, max_steps=100, **kw).max_steps == 100
+    smoke = SimpleNamespace(**{**vars(demo), "smoke": True})
+    assert TrainConfig.for_profile(smoke, n_images=2818, **kw).max_steps == 6
