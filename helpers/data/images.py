@@ -8,12 +8,16 @@ check's problem kind (``empty_file``, ``unreadable``, ``too_large``).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+
 from helpers.progress import tqdm
 
 from .errors import DataError
@@ -220,3 +224,27 @@ def load_images(train_set: TrainSet, resolution: int, background: tuple[int, int
         arrays.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
         keys.append(ex.key)
     return torch.stack(arrays), keys
+
+
+# --------------------------------------------------------------------------------------------------- augmentations
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``x`` ``[B,3,H,W]`` blurred with a Gaussian of std ``sigma`` pixels (edges replicated; ``sigma <= 0``: ``x``)."""
+    if sigma <= 0:
+        return x
+    half = int(math.ceil(3 * sigma))
+    t = torch.arange(-half, half + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).repeat(3, 1, 1)
+    x = F.conv2d(F.pad(x, (half, half, 0, 0), mode="replicate"), k[:, :, None, :], groups=3)
+    return F.conv2d(F.pad(x, (0, 0, half, half), mode="replicate"), k[:, :, :, None], groups=3)
+
+
+def random_flip_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.Tensor:
+    """``x`` ``[B,3,H,W]`` in [-1, 1], each image flipped left-right with probability 1/2 and shifted by up to
+    ``max_shift`` px each way (white comes in); drawn from ``gen`` (the flips, then the shifts)."""
+    n, _, h, w = x.shape
+    x = torch.where((torch.rand(n, generator=gen) < 0.5)[:, None, None, None], x.flip(-1), x)
+    padded = F.pad(x, (max_shift,) * 4, value=1.0)
+    dy, dx = torch.randint(2 * max_shift + 1, (2, n), generator=gen).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+

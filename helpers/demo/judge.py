@@ -54,6 +54,7 @@ from helpers.progress import tqdm
 
 from helpers.data import (WHITE, DataError, TrainSet, choose_heldout, data_hash, load_images, load_train_set,
                           read_test_prompts, split_key)
+from helpers.data.images import gaussian_blur, random_flip_shift
 from helpers.paths import atomic_folder
 from helpers.submission import MetricResult, frechet_distance_features, generated_pairs, load_reference_map
 from helpers.submission.scores import load_tensors
@@ -295,31 +296,14 @@ def _holdout_monsters(labels: dict[str, tuple[str | None, str | None]], fraction
     return held
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``x`` ``[B,3,H,W]`` blurred with a Gaussian of std ``sigma`` pixels (edges replicated)."""
-    if sigma <= 0:
-        return x
-    half = int(np.ceil(3 * sigma))
-    t = torch.arange(-half, half + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).repeat(3, 1, 1)
-    x = F.conv2d(F.pad(x, (half, half, 0, 0), mode="replicate"), k[:, :, None, :], groups=3)
-    return F.conv2d(F.pad(x, (0, 0, half, half), mode="replicate"), k[:, :, :, None], groups=3)
-
-
 def _augment(x: torch.Tensor, gen: torch.Generator, r: dict) -> torch.Tensor:
     """Random horizontal flips, shifts of up to ``max_shift`` px (white comes in), a mild blur (std up to
     ``mild_blur`` px) on some images, and a little noise: generated sprites are not pixel-perfect."""
-    n, _, h, w = x.shape
-    flip = torch.rand(n, generator=gen) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    m = r["max_shift"]
-    padded = F.pad(x, (m,) * 4, value=1.0)
-    dy, dx = (torch.randint(2 * m + 1, (2, n), generator=gen)).tolist()
-    x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    n = len(x)
+    x = random_flip_shift(x, gen, r["max_shift"])
     sigmas = (r["mild_blur"] * torch.rand(n, generator=gen)).tolist()
     blur = (torch.rand(n, generator=gen) < 0.3).tolist()
-    x = torch.cat([_gaussian_blur(x[i:i + 1], s) if b else x[i:i + 1] for i, (s, b) in enumerate(zip(sigmas, blur))])
+    x = torch.cat([gaussian_blur(x[i:i + 1], s) if b else x[i:i + 1] for i, (s, b) in enumerate(zip(sigmas, blur))])
     sigma = 0.08 * torch.rand(n, 1, 1, 1, generator=gen)
     return (x + sigma * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
 
@@ -382,7 +366,7 @@ def _non_sprites(images: torch.Tensor, k: int, gen: torch.Generator, r: dict) ->
             lo, hi = r["heavy_blur"]
             sigma = lo + (hi - lo) * torch.rand(1, generator=gen).item()
             src = images[torch.randint(len(images), (1,), generator=gen)].float() / 127.5 - 1.0
-            out.append(_gaussian_blur(src, sigma))
+            out.append(gaussian_blur(src, sigma))
             no_colour.append(False)
     return torch.cat(out), torch.tensor(no_colour)
 

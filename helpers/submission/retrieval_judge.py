@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from helpers.data import WHITE, DataError, TrainSet, choose_heldout, data_hash, load_images, load_train_set, split_key
+from helpers.data.images import gaussian_blur, random_flip_shift
 from helpers.frozen import TextEncoder, load_text_encoder
 from helpers.paths import atomic_folder
 from helpers.progress import tqdm
@@ -184,20 +185,10 @@ def _spread(captions: Sequence[str], n: int, seed: int) -> list[int]:
     return sorted(i for _, i in sorted(order, key=lambda ci: ci[0])[:n])
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``x`` ``[B,3,H,W]`` blurred with a Gaussian of std ``sigma`` pixels (edges replicated)."""
-    half = int(math.ceil(3 * sigma))
-    t = torch.arange(-half, half + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).repeat(3, 1, 1)
-    x = F.conv2d(F.pad(x, (half, half, 0, 0), mode="replicate"), k[:, :, None, :], groups=3)
-    return F.conv2d(F.pad(x, (0, 0, half, half), mode="replicate"), k[:, :, :, None], groups=3)
-
-
 def _non_images(x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """What shows none of the captions, one per image of ``x``: Gaussian noise, blank white, ``x`` heavily blurred."""
     noise = (0.5 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
-    return {"noise": noise, "white": torch.ones_like(x), "blur": _gaussian_blur(x.float(), 6.0)}
+    return {"noise": noise, "white": torch.ones_like(x), "blur": gaussian_blur(x.float(), 6.0)}
 
 
 def _ranked(judge, x: torch.Tensor, text_emb: torch.Tensor, own: torch.Tensor) -> tuple[dict, torch.Tensor]:
@@ -332,21 +323,12 @@ def retrieval_judge_dir(train_set, text_encoder_id: str, outputs_dir: str | Path
     return Path(outputs_dir) / "judge" / f"{Path(train_set.root).name}-retrieval-{key}"
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.Tensor:
-    """Random horizontal flips and shifts of up to ``max_shift`` px (white comes in)."""
-    n, _, h, w = x.shape
-    x = torch.where((torch.rand(n, generator=gen) < 0.5)[:, None, None, None], x.flip(-1), x)
-    padded = F.pad(x, (max_shift,) * 4, value=1.0)
-    dy, dx = torch.randint(2 * max_shift + 1, (2, n), generator=gen).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-
-
 def _negatives(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """``k`` images that show no caption: noise, flat fills (white or a colour), batch images heavily blurred."""
     kind = torch.randint(3, (k,), generator=gen)
     noise = (0.5 * torch.randn((k, *x.shape[1:]), generator=gen)).clamp(-1, 1)
     fill = torch.where(torch.rand(k, 1, generator=gen) < 0.5, torch.ones(k, 3), torch.rand(k, 3, generator=gen) * 2 - 1)
-    blur = _gaussian_blur(x[torch.randint(len(x), (k,), generator=gen)], 6.0)
+    blur = gaussian_blur(x[torch.randint(len(x), (k,), generator=gen)], 6.0)
     pick = kind[:, None, None, None]
     return torch.where(pick == 0, noise, torch.where(pick == 1, fill[:, :, None, None].expand_as(noise), blur))
 
@@ -377,7 +359,7 @@ def _fit(net: RetrievalJudgeNet, images: torch.Tensor, caps: torch.Tensor, feats
     for _ in tqdm(range(steps), desc="training the retrieval judge", disable=not progress):
         idx = torch.randperm(len(images), generator=gen)[:b]
         cap = caps[idx, (torch.rand(b, generator=gen) * n_caps[idx]).long()]
-        x = _augment(images[idx].float() / 127.5 - 1.0, gen, r["max_shift"])
+        x = random_flip_shift(images[idx].float() / 127.5 - 1.0, gen, r["max_shift"])
         x = torch.cat([x, _negatives(x, r["negatives"], gen)]).contiguous(memory_format=torch.channels_last)
         img = net.embed_image(x)
         positive = (caps[idx][:, :, None] == cap[None, None, :]).any(1)
